@@ -1,0 +1,1 @@
+"""The ``diga`` command line (Typer): one module per verb, thin: parse, call the library, print."""

@@ -1,0 +1,57 @@
+"""Pieces every verb shares: the console, overrides, device choice, error lines."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from diga.errors import UserError
+
+console = Console()
+err_console = Console(stderr=True)
+
+# CONFIG and key=value overrides share one variadic argument: the first item is CONFIG when it
+# has no '='. ``split_config_args`` separates them.
+ConfigArgs = Annotated[
+    list[str] | None,
+    typer.Argument(
+        help="CONFIG (a YAML file or a preset: demo, gta2cs-deeplabv2, synthia2cs-deeplabv2; "
+        "default demo) followed by key.sub=value overrides.",
+        show_default=False,
+    ),
+]
+Overrides = Annotated[
+    list[str] | None,
+    typer.Argument(help="key.sub=value config overrides, e.g. data.target.root=/data/cs",
+                   show_default=False),
+]
+
+
+def split_config_args(args: list[str] | None) -> tuple[str | None, list[str]]:
+    """``["demo", "train.steps=5"]`` -> ``("demo", ["train.steps=5"])``."""
+    args = list(args or [])
+    if args and "=" not in args[0]:
+        config, rest = args[0], args[1:]
+    else:
+        config, rest = None, args
+    stray = [a for a in rest if "=" not in a]
+    if stray:
+        raise UserError(f"unexpected argument '{stray[0]}'",
+                        "give CONFIG first, then key.sub=value overrides")
+    return config, rest
+
+
+def check_output_dir(path: Path, resume: bool = False) -> None:
+    """Refuse to write a new run over an existing, non-empty run directory."""
+    if path.exists() and not path.is_dir():
+        raise UserError(f"output path {path} exists and is a file", "choose a folder with --out")
+    if not resume and path.is_dir() and any(path.iterdir()):
+        raise UserError(f"run directory {path} already exists and is not empty",
+                        "pass --resume to continue it, or choose another --out")
+
+
+def print_error(exc: Exception) -> None:
+    err_console.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False, soft_wrap=True)

@@ -1,0 +1,115 @@
+"""``diga train source|warmup|selftrain``: the training stages."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from diga.cli.common import ConfigArgs, console, split_config_args
+from diga.config import Config, load_config
+
+app = typer.Typer(help="Train a stage: source (baseline), warmup (DiGA stage 1), selftrain "
+                  "(DiGA stage 2).", no_args_is_help=True)
+
+Out = Annotated[Path | None, typer.Option("--out", help="Run directory (default runs/<stage>, "
+                                          "runs/<stage>-2, ... never overwriting a run).")]
+Resume = Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last "
+                                      "checkpoint (its saved config + any overrides).")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
+
+
+def _config(args: list[str] | None, out: Path | None, resume: bool) -> Config:
+    config, overrides = split_config_args(args)
+    if resume:
+        from diga.errors import UserError
+        from diga.train.stages import run_config
+
+        if out is None:
+            raise UserError("--resume needs the run directory", "pass --out RUN_DIR")
+        base = run_config(out)
+        return load_config_from(base, overrides)
+    return load_config(config, overrides)
+
+
+def load_config_from(base: Config, overrides: list[str]) -> Config:
+    from diga.config import build_config, deep_merge, parse_overrides
+
+    return build_config(deep_merge(base.to_dict(), parse_overrides(overrides)), "run config + overrides")
+
+
+def _report(stage: str, run_dir: Path, metrics: dict) -> None:
+    miou = metrics.get("target_val_miou")
+    tail = f"target-val mIoU {miou:.2f}" if miou is not None else "target val has no labels"
+    console.print(f"[green]{stage} done[/]: {run_dir}  ({tail})")
+
+
+def _train(stage: str, args: list[str] | None, out: Path | None, resume: bool, quiet: bool) -> None:
+    from diga.train.loop import train_stage
+    from diga.train.stages import default_run_dir, prepare_run_dir
+
+    cfg = _config(args, out, resume)
+    run_dir = out or default_run_dir(stage)
+    prepare_run_dir(run_dir, resume, stage)
+    result = train_stage(cfg, stage, run_dir, resume=resume, show_progress=not quiet)
+    _report(stage, run_dir, result.metrics)
+
+
+@app.command("source")
+def source(args: ConfigArgs = None, out: Out = None, resume: Resume = False, quiet: Quiet = False) -> None:
+    """Source-only baseline: supervised CE on the labelled source domain.
+
+    Example: diga train source demo train.steps=600 --out runs/source
+    """
+    _train("source", args, out, resume, quiet)
+
+
+@app.command("warmup")
+def warmup(args: ConfigArgs = None, out: Out = None, resume: Resume = False, quiet: Quiet = False) -> None:
+    """DiGA stage 1: symmetric distillation with cross-domain mixture (EMA teacher).
+
+    Ablations with the same command: warmup.symkd=false (source-only),
+    warmup.mixture=false (SymKD without mixture), warmup.translator=fda|learned|none.
+
+    Example: diga train warmup gta2cs-deeplabv2 data.source.root=/data/GTA5
+    data.target.root=/data/cityscapes --out runs/gta-warmup
+    """
+    _train("warmup", args, out, resume, quiet)
+
+
+@app.command("selftrain")
+def selftrain(
+    args: ConfigArgs = None,
+    init: Annotated[Path | None, typer.Option("--init", help="The warm-up run to start from.")] = None,
+    rounds: Annotated[int | None, typer.Option("--rounds", min=1, help="Self-training rounds "
+                                               "(selftrain.rounds); each regenerates pseudo-labels.")] = None,
+    out: Out = None, resume: Resume = False, quiet: Quiet = False,
+) -> None:
+    """DiGA stage 2: self-training with threshold-free bilateral-consensus pseudo-labels.
+
+    Makes the init run's pseudo-labels and centroids when they are missing.
+
+    Example: diga train selftrain demo --init runs/warmup --rounds 2 --out runs/selftrain
+    """
+    from diga.errors import UserError
+    from diga.train.stages import default_run_dir, run_selftrain
+
+    cfg = _config(args, out, resume)
+    if rounds is not None:
+        cfg.selftrain.rounds = rounds
+    if init is not None:
+        cfg.selftrain.init = init
+    if cfg.selftrain.init is None:
+        raise UserError("self-training needs a warm-up run to start from",
+                        "pass --init runs/warmup (or selftrain.init=...)")
+    run_dir = out or default_run_dir("selftrain")
+    if not resume and run_dir.is_dir() and any(run_dir.iterdir()):
+        raise UserError(f"run directory {run_dir} already exists and is not empty",
+                        "pass --resume to continue it, or choose another --out")
+    from diga.config import save_config
+
+    save_config(cfg, run_dir / "config.yaml")
+    results = run_selftrain(cfg, cfg.selftrain.init, run_dir, resume=resume, show_progress=not quiet)
+    for r, result in enumerate(results, 1):
+        _report(f"selftrain round {r}", result.run_dir, result.metrics)

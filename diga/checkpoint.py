@@ -1,0 +1,182 @@
+"""Checkpoints: safetensors weights + a small state file, written atomically.
+
+A checkpoint is a folder ``checkpoints/<name>/`` with
+  ``model.safetensors``   student weights (what eval / export / predict load)
+  ``teacher.safetensors`` EMA teacher weights (warm-up and self-training)
+  ``extra.safetensors``   other tensors (e.g. class centroids during self-training)
+  ``state.pt``            step, optimiser state, RNG states; read with ``weights_only=True``
+  ``meta.json``           stage, step, resolved config, metrics: readable without torch
+The folder is written as a temp folder and renamed, so a killed run leaves the previous
+checkpoint whole.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from diga.errors import UserError
+
+MODEL_FILE = "model.safetensors"
+TEACHER_FILE = "teacher.safetensors"
+EXTRA_FILE = "extra.safetensors"
+STATE_FILE = "state.pt"
+META_FILE = "meta.json"
+
+
+def _contiguous(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().contiguous() for k, v in state.items()}
+
+
+def save_checkpoint(
+    folder: Path,
+    *,
+    model: dict[str, torch.Tensor],
+    meta: dict[str, Any],
+    teacher: dict[str, torch.Tensor] | None = None,
+    extra: dict[str, torch.Tensor] | None = None,
+    state: dict[str, Any] | None = None,
+) -> Path:
+    """Write a checkpoint folder atomically (temp folder + rename)."""
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        save_file(_contiguous(model), str(tmp / MODEL_FILE))
+        if teacher is not None:
+            save_file(_contiguous(teacher), str(tmp / TEACHER_FILE))
+        if extra:
+            save_file(_contiguous(extra), str(tmp / EXTRA_FILE))
+        if state is not None:
+            torch.save(state, tmp / STATE_FILE)
+        (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+        old = None
+        if folder.exists():
+            old = folder.parent / f".{folder.name}.old"
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(folder, old)
+        os.replace(tmp, folder)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return folder
+
+
+def read_weights(path: Path) -> dict[str, torch.Tensor]:
+    """Read a weights file: safetensors, or a torch file with ``weights_only=True``."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"weights file not found: {path}", "check the path")
+    try:
+        if path.suffix == ".safetensors":
+            return load_file(str(path))
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (SafetensorError, RuntimeError, OSError, ValueError, EOFError) as exc:
+        first = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
+        raise UserError(f"cannot read weights file {path}: {first}",
+                        "the file is corrupt or not a weights file; re-export or re-download it") from None
+    except Exception as exc:  # e.g. pickle.UnpicklingError for files that need code to load
+        raise UserError(f"cannot read weights file {path} safely ({type(exc).__name__})",
+                        "give a .safetensors file or a plain state_dict saved with torch.save") from None
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise UserError(f"weights file {path} holds no state_dict of tensors",
+                        "save weights with safetensors or torch.save(model.state_dict())")
+    return state
+
+
+class Checkpoint:
+    """A checkpoint folder, read lazily."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = Path(folder)
+        if not (self.folder / META_FILE).is_file() or not (self.folder / MODEL_FILE).is_file():
+            raise UserError(f"{self.folder} is not a diga checkpoint (no {META_FILE} / {MODEL_FILE})",
+                            "give a run directory or one of its checkpoints/<name> folders")
+        try:
+            self.meta: dict[str, Any] = json.loads((self.folder / META_FILE).read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise UserError(f"checkpoint metadata {self.folder / META_FILE} is corrupt",
+                            "use another checkpoint (checkpoints/last or checkpoints/best)") from None
+
+    @property
+    def step(self) -> int:
+        return int(self.meta.get("step", 0))
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return self.meta["config"]
+
+    def model(self) -> dict[str, torch.Tensor]:
+        return read_weights(self.folder / MODEL_FILE)
+
+    def teacher(self) -> dict[str, torch.Tensor] | None:
+        path = self.folder / TEACHER_FILE
+        return read_weights(path) if path.exists() else None
+
+    def extra(self) -> dict[str, torch.Tensor]:
+        path = self.folder / EXTRA_FILE
+        return read_weights(path) if path.exists() else {}
+
+    def state(self) -> dict[str, Any]:
+        path = self.folder / STATE_FILE
+        if not path.exists():
+            raise UserError(f"checkpoint {self.folder} has no training state", "it cannot be resumed")
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise UserError(f"cannot read training state {path} ({type(exc).__name__})",
+                            "the file is corrupt; resume from another checkpoint") from None
+
+
+def resolve_checkpoint(path: Path, prefer: str = "last") -> Checkpoint:
+    """A run directory (-> its ``checkpoints/<prefer>``), or a checkpoint folder itself."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"model not found: {path}", "give a run directory, a checkpoint folder, "
+                        "an .onnx or an .engine file")
+    if (path / META_FILE).is_file():
+        return Checkpoint(path)
+    for name in (prefer, "last"):
+        if (path / "checkpoints" / name / META_FILE).is_file():
+            return Checkpoint(path / "checkpoints" / name)
+    rounds = sorted((p for p in path.glob("round*") if p.name[5:].isdigit()),
+                    key=lambda p: int(p.name[5:]))
+    for round_dir in reversed(rounds):  # a self-training run: its latest round
+        if (round_dir / "checkpoints" / "last" / META_FILE).is_file():
+            return Checkpoint(round_dir / "checkpoints" / "last")
+    raise UserError(f"{path} holds no checkpoint (looked for checkpoints/{prefer})",
+                    "train first, or give the checkpoint folder itself")
+
+
+def load_model(path: Path, device: torch.device | str = "cpu", prefer: str = "last"):
+    """Rebuild a trained model from a run directory or checkpoint folder.
+
+    Returns:
+        (model in eval mode on ``device``, its resolved ``Config``, the ``Checkpoint``).
+    """
+    from diga.config import config_from_dict
+    from diga.models import build_model
+
+    ckpt = resolve_checkpoint(path, prefer)
+    cfg = config_from_dict(ckpt.config)
+    model = build_model(cfg.model.name, cfg.num_classes)
+    state = ckpt.model()
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise UserError(f"checkpoint {ckpt.folder} does not fit {cfg.model.name}: "
+                        f"{str(exc).splitlines()[0][:160]}",
+                        "the weights file was changed or belongs to another model") from None
+    return model.to(device).eval(), cfg, ckpt

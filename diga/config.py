@@ -1,0 +1,415 @@
+"""The one typed configuration schema: YAML presets, YAML files and ``key.sub=value`` overrides.
+
+Everything the method and the tools use is a field here, with METHOD.md's defaults. Unknown
+keys are rejected with a "did you mean"; types and ranges are checked by pydantic before any
+work starts; the resolved config is saved in the run directory and in every checkpoint.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    ValidationError,
+    field_validator,
+)
+
+from diga.errors import UserError
+
+PRESETS = ("demo", "gta2cs-deeplabv2", "synthia2cs-deeplabv2")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def parse_size(value: Any) -> tuple[int, int]:
+    """Parse ``"HxW"``, ``[H, W]`` or ``N`` into ``(H, W)``."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return (value, value)
+    if isinstance(value, str):
+        parts = value.lower().replace(" ", "").split("x")
+        if len(parts) == 2 and all(p.isdigit() for p in parts):
+            return (int(parts[0]), int(parts[1]))
+        raise ValueError(f"expected a size like 512x1024 (HxW), got {value!r}")
+    if isinstance(value, list | tuple) and len(value) == 2:
+        return (int(value[0]), int(value[1]))
+    raise ValueError(f"expected a size like 512x1024 (HxW), got {value!r}")
+
+
+def _check_positive_size(value: tuple[int, int]) -> tuple[int, int]:
+    if value[0] <= 0 or value[1] <= 0:
+        raise ValueError(f"both sides must be positive, got {value[0]}x{value[1]}")
+    return value
+
+
+Size = Annotated[
+    tuple[int, int],
+    BeforeValidator(lambda v: _check_positive_size(parse_size(v))),
+    PlainSerializer(lambda v: f"{v[0]}x{v[1]}", return_type=str),
+]
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DomainData(Section):
+    """One domain's dataset."""
+
+    kind: Literal["builtin", "gta5", "synthia", "cityscapes", "folder"] = "builtin"
+    root: Path | None = None
+    train_split: str = "train"
+    val_split: str = "val"
+    resize: Size | None = None  # resize every image (HxW) before cropping; None keeps its size
+    # kind=builtin only: which built-in domain to read (None: the one this key names). A target
+    # oracle trains "source" on the target domain: data.source.builtin_domain=target
+    builtin_domain: Literal["source", "target"] | None = None
+
+
+class BuiltinData(Section):
+    """The procedural two-domain street-scene benchmark."""
+
+    seed: int = 0
+    size: Size = (128, 256)
+    source_train: int = Field(400, ge=1)
+    target_train: int = Field(400, ge=1)
+    target_val: int = Field(100, ge=1)
+
+
+class DataConfig(Section):
+    source: DomainData = DomainData(kind="builtin")
+    target: DomainData = DomainData(kind="builtin")
+    classes: Literal[19, 16, 13] = 19
+    builtin: BuiltinData = BuiltinData()
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    scale_range: tuple[float, float] = (0.5, 1.5)  # random-sized crop: resize by U(lo, hi) first
+    flip: bool = True
+    num_workers: int = Field(2, ge=0)
+
+    @field_validator("scale_range")
+    @classmethod
+    def _ordered(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not 0 < v[0] <= v[1]:
+            raise ValueError(f"need 0 < low <= high, got {v}")
+        return v
+
+
+class ModelConfig(Section):
+    name: str = "deeplabv2_resnet101"
+    pretrained: str | None = None  # a weights file, or "imagenet" (torchvision's weights)
+    freeze_bn: bool = False
+
+
+class OptimConfig(Section):
+    name: Literal["sgd", "adamw"] = "sgd"
+    lr: float = Field(2.5e-4, gt=0)  # backbone; the head gets lr * head_lr_mult
+    head_lr_mult: float = Field(10.0, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(5e-4, ge=0)
+    poly_power: float = Field(0.9, ge=0)
+
+
+class TrainConfig(Section):
+    steps: int = Field(40000, ge=1)
+    batch_size: int = Field(2, ge=1)
+    crop: Size = (512, 896)
+    optim: OptimConfig = OptimConfig()
+    log_every: int = Field(50, ge=1)
+    eval_every: int = Field(2000, ge=0)  # 0: only at the end; target-val mIoU is reported, never used
+    checkpoint_every: int = Field(1000, ge=1)
+    visual_every: int = Field(1000, ge=0)  # 0: no visual grids
+
+
+class AugmentConfig(Section):
+    """Photometric augmentation A (kornia, per-sample parameters)."""
+
+    brightness: float = Field(0.4, ge=0)
+    contrast: float = Field(0.4, ge=0)
+    saturation: float = Field(0.2, ge=0)
+    hue: float = Field(0.1, ge=0, le=0.5)
+    jitter_p: float = Field(0.5, ge=0, le=1)
+    grayscale_p: float = Field(0.3, ge=0, le=1)
+    blur_kernel: int = Field(3, ge=1)
+    blur_sigma: float = Field(2.0, gt=0)
+    blur_p: float = Field(0.8, ge=0, le=1)
+    sharpness: float = Field(0.5, ge=0)
+    sharpness_p: float = Field(0.3, ge=0, le=1)
+
+    @field_validator("blur_kernel")
+    @classmethod
+    def _odd(cls, v: int) -> int:
+        if v % 2 == 0:
+            raise ValueError(f"the blur kernel must be odd, got {v}")
+        return v
+
+
+class MethodConfig(Section):
+    """Pieces shared by warm-up and self-training."""
+
+    ema_max: float = Field(0.999, ge=0, lt=1)  # a = min(1 - 1/(t+1), ema_max)
+    sym_weight: float = Field(0.5, ge=0)  # w_sym in L_kd
+    ignore_index: int = 255
+    augment: AugmentConfig = AugmentConfig()
+
+
+class WarmupConfig(Section):
+    ce_weight: float = Field(1.0, ge=0)
+    kd_weight: float = Field(0.5, ge=0)
+    beta: float = Field(0.4, ge=0, le=1)  # aug(x) = beta*A(x) + (1-beta)*x
+    symkd: bool = True  # False: source-only (CE alone)
+    mixture: bool = True  # False: second view is aug(x_s) (SymKD without CDM)
+    translator: Literal["fda", "learned", "none"] = "fda"
+    fda_band: float = Field(0.01, gt=0, le=0.5)  # L: low-frequency band ratio
+    translator_path: Path | None = None  # weights of a learned translator
+
+
+class SelftrainConfig(Section):
+    init: Path | None = None  # the warm-up run to start from
+    beta: float = Field(0.3, ge=0, le=1)
+    kd_weight: float = Field(0.25, ge=0)
+    mix_weight: float = Field(1.0, ge=0)  # weight of CE(S(x_cm), y_cm)
+    centroid_momentum: float = Field(1e-4, ge=0, le=1)
+    min_pixels: int = Field(5, ge=1)  # classes with fewer pixels are skipped in centroid updates
+    selection: Literal["consensus", "argmax", "threshold"] = "consensus"
+    threshold: float = Field(0.9, ge=0, le=1)  # only for selection=threshold (an ablation)
+    rounds: int = Field(1, ge=1)
+
+
+class PseudoConfig(Section):
+    scales: list[float] = [1.0, 0.5]  # logits at each scale, upsampled, max-fused
+    batch_size: int = Field(4, ge=1)
+
+
+class EvalConfig(Section):
+    scales: list[float] = [1.0]
+    flip: bool = False
+    batch_size: int = Field(4, ge=1)
+
+
+class ExportConfig(Section):
+    opset: int = Field(18, ge=17)
+    dynamic: bool = True
+    input_size: Size | None = None  # None: the target domain's image size
+    calib_images: int = Field(32, ge=1)
+    calib_method: Literal["minmax", "entropy", "percentile"] = "minmax"
+    parity_images: int = Field(8, ge=1)
+    trt_min_size: Size = (256, 512)
+    trt_opt_size: Size = (512, 1024)
+    trt_max_size: Size = (1024, 2048)
+    trt_max_batch: int = Field(1, ge=1)
+    trt_workspace_gb: float = Field(4.0, gt=0)
+
+
+class RunConfig(Section):
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+class Config(Section):
+    run: RunConfig = RunConfig()
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    method: MethodConfig = MethodConfig()
+    warmup: WarmupConfig = WarmupConfig()
+    selftrain: SelftrainConfig = SelftrainConfig()
+    pseudo: PseudoConfig = PseudoConfig()
+    eval: EvalConfig = EvalConfig()
+    export: ExportConfig = ExportConfig()
+
+    @property
+    def num_classes(self) -> int:
+        return self.data.classes
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def hash(self) -> str:
+        """A short stable hash of the resolved config (provenance in checkpoints and exports)."""
+        blob = json.dumps(self.to_dict(), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:12]
+
+
+# ---------------------------------------------------------------- loading and overrides
+
+
+def _check_keys(data: Any, model: type[BaseModel], prefix: str = "") -> None:
+    """Reject unknown keys anywhere in ``data`` with a did-you-mean hint."""
+    if not isinstance(data, dict):
+        return
+    fields = model.model_fields
+    for key, value in data.items():
+        where = f"{prefix}{key}"
+        if key not in fields:
+            close = difflib.get_close_matches(str(key), list(fields), n=1, cutoff=0.6)
+            hint = (
+                f"did you mean '{prefix}{close[0]}'?"
+                if close
+                else f"valid keys here: {', '.join(fields)}"
+            )
+            raise UserError(f"unknown config key '{where}'", hint)
+        annotation = fields[key].annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            if value is not None and not isinstance(value, dict):
+                raise UserError(
+                    f"config key '{where}' is a section, got {value!r}",
+                    f"set one of its keys instead, e.g. {where}.{next(iter(annotation.model_fields))}=...",
+                )
+            _check_keys(value, annotation, prefix=f"{where}.")
+
+
+def parse_overrides(overrides: list[str]) -> dict[str, Any]:
+    """Turn ``["train.steps=100", "data.source.kind=gta5"]`` into a nested dict.
+
+    Values are read as YAML scalars (numbers, booleans, lists), never evaluated as code.
+    """
+    nested: dict[str, Any] = {}
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key or any(not part for part in key.split(".")):
+            raise UserError(
+                f"cannot read the override '{item}'", "write it as key.sub=value, e.g. train.steps=100"
+            )
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError:
+            value = raw
+        if isinstance(value, str) and raw.strip().lower() in {"none", "null", "~"}:
+            value = None
+        node = nested
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise UserError(f"override '{item}' sets a key inside a value", "check the key path")
+        node[parts[-1]] = value
+    return nested
+
+
+def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def read_yaml(source: str | Path | None) -> tuple[dict[str, Any], str]:
+    """Read a preset name or a YAML path; returns the mapping and where it came from."""
+    name = "demo" if source is None else str(source)
+    if name in PRESETS:
+        text = resources.files("diga.presets").joinpath(f"{name}.yaml").read_text()
+        where = f"preset '{name}'"
+    else:
+        path = Path(name)
+        if not path.exists():
+            close = difflib.get_close_matches(name, PRESETS, n=1)
+            hint = f"did you mean the preset '{close[0]}'?" if close else (
+                f"give a YAML file or a preset: {', '.join(PRESETS)}"
+            )
+            raise UserError(f"config '{name}' not found", hint)
+        if path.is_dir():
+            raise UserError(f"config '{name}' is a directory", "give a YAML file or a preset name")
+        text = path.read_text()
+        where = str(path)
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f" at line {mark.line + 1}" if mark is not None else ""
+        raise UserError(f"{where} is not valid YAML{line}", "fix the file's syntax") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{where} must hold a mapping of config keys", "see the presets for the form")
+    return data, where
+
+
+def _validation_error(exc: ValidationError, where: str) -> UserError:
+    err = exc.errors()[0]
+    key = ".".join(str(p) for p in err["loc"])
+    got = err.get("input")
+    msg = err["msg"].removeprefix("Value error, ")
+    return UserError(
+        f"invalid config value {key}={got!r} ({where}): {msg}",
+        f"fix it in the config or override it with {key}=VALUE",
+    )
+
+
+def build_config(data: dict[str, Any], where: str = "config") -> Config:
+    _check_keys(data, Config)
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        raise _validation_error(exc, where) from None
+
+
+def load_config(source: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Load a preset or YAML file, apply ``key=value`` overrides, validate.
+
+    Raises:
+        UserError: unknown keys, wrong types or ranges, unreadable files.
+    """
+    data, where = read_yaml(source)
+    if overrides:
+        data = deep_merge(data, parse_overrides(overrides))
+        where = f"{where} + overrides"
+    cfg = build_config(data, where)
+    _check_model_name(cfg)
+    return cfg
+
+
+def config_from_dict(data: dict[str, Any]) -> Config:
+    """Rebuild a config saved in a run directory or a checkpoint."""
+    return build_config(data, "saved config")
+
+
+def _check_model_name(cfg: Config) -> None:
+    from diga.models import available_models  # torch-heavy: only where a config is built
+
+    names = available_models()
+    if cfg.model.name not in names:
+        close = difflib.get_close_matches(cfg.model.name, names, n=1)
+        hint = f"did you mean '{close[0]}'?" if close else f"choose one of: {', '.join(names)}"
+        raise UserError(f"unknown model '{cfg.model.name}' (model.name)", hint)
+
+
+def check_data_paths(cfg: Config, source: bool = True, target: bool = True) -> None:
+    """Check dataset roots before any work starts."""
+    domains = ([("source", cfg.data.source)] if source else []) + (
+        [("target", cfg.data.target)] if target else []
+    )
+    for name, dom in domains:
+        if dom.kind == "builtin":
+            continue
+        if dom.root is None:
+            raise UserError(
+                f"data.{name}.kind={dom.kind} needs a dataset folder",
+                f"set data.{name}.root=/path/to/{dom.kind}",
+            )
+        if not dom.root.is_dir():
+            raise UserError(
+                f"dataset folder not found: {dom.root} (data.{name}.root)",
+                "check the path, or write the demo data with 'diga data make-demo OUT'",
+            )
+
+
+def save_config(cfg: Config, path: Path) -> None:
+    from diga.io import atomic_write_text
+
+    atomic_write_text(path, cfg.to_yaml())

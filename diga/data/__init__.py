@@ -1,0 +1,1 @@
+"""Datasets (real layouts and the built-in benchmark), class protocols, transforms, sampling."""

@@ -1,0 +1,105 @@
+"""``diga data check``: every problem of a config's datasets in one report, without training."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+import numpy as np
+
+from diga.config import Config
+from diga.data.classes import class_protocol
+from diga.data.layouts import LabelDecoder, _read_raw_label, find_samples, read_image
+from diga.errors import UserError
+
+
+@dataclass
+class SplitReport:
+    name: str  # e.g. "source train (gta5)"
+    root: str
+    images: int = 0
+    labelled: int = 0
+    problems: list[str] = field(default_factory=list)
+
+
+def _splits(cfg: Config) -> list[tuple[str, str, str, object, bool]]:
+    """(key, role, split name, domain config, labels required)."""
+    s, t = cfg.data.source, cfg.data.target
+    return [("data.source", "train", s.train_split, s, True),
+            ("data.target", "train", t.train_split, t, False),
+            ("data.target", "val", t.val_split, t, True)]
+
+
+def check_datasets(cfg: Config, max_problems: int = 200,
+                   progress: Callable[[str, int, int], None] | None = None) -> list[SplitReport]:
+    """Read every image and label of the source train, target train and target val splits.
+
+    Reports missing or unreadable files, image/label size mismatches, unknown label ids and
+    empty splits. Built-in splits are generated, so they are reported as such.
+    """
+    protocol = class_protocol(cfg.num_classes)
+    reports = []
+    for key, role, split, dom, need_labels in _splits(cfg):
+        report = SplitReport(f"{key.split('.')[1]} {split} ({dom.kind})", str(dom.root or "built-in"))
+        reports.append(report)
+        if dom.kind == "builtin":
+            from diga.data.builtin import BuiltinSpec
+
+            b = cfg.data.builtin
+            spec = BuiltinSpec(b.seed, tuple(b.size), b.source_train, b.target_train, b.target_val)
+            report.images = report.labelled = spec.count(dom.builtin_domain or key[5:], role)
+            continue
+        if dom.root is None:
+            report.problems.append(f"{key}.root is not set")
+            continue
+        try:
+            samples = find_samples(dom.kind, dom.root, split, f"{key}.root")
+        except UserError as exc:
+            report.problems.append(str(exc))
+            continue
+        report.images = len(samples)
+        if not samples:
+            report.problems.append(f"split '{split}' is empty under {dom.root}")
+            continue
+        decoder = LabelDecoder(dom.kind, protocol)
+        for i, sample in enumerate(samples):
+            if progress is not None:
+                progress(report.name, i + 1, len(samples))
+            if len(report.problems) >= max_problems:
+                report.problems.append(f"... stopped after {max_problems} problems")
+                break
+            try:
+                image = read_image(sample.image)
+            except UserError as exc:
+                report.problems.append(exc.message)
+                image = None
+            if image is not None and (image.shape[0] == 0 or image.shape[1] == 0):
+                report.problems.append(f"image {sample.image} is empty (0 pixels)")
+            if sample.label is None or not sample.label.exists():
+                if need_labels:
+                    report.problems.append(f"label missing for {sample.image}"
+                                           + (f" (expected {sample.label})" if sample.label else ""))
+                continue
+            try:
+                raw = _read_raw_label(dom.kind, sample.label)
+            except UserError as exc:
+                report.problems.append(exc.message)
+                continue
+            report.labelled += 1
+            if image is not None and raw.shape != image.shape[:2]:
+                report.problems.append(f"label {sample.label} is {raw.shape[1]}x{raw.shape[0]}, its "
+                                       f"image {image.shape[1]}x{image.shape[0]} (WxH)")
+            bad = decoder.unknown_ids(np.asarray(raw))
+            if bad:
+                report.problems.append(f"label {sample.label} holds unknown ids {bad[:5]}")
+    return reports
+
+
+def format_reports(reports: list[SplitReport]) -> tuple[str, int]:
+    lines, total = [], 0
+    for r in reports:
+        lines.append(f"{r.name} at {r.root}: {r.images} images, {r.labelled} labelled, "
+                     f"{len(r.problems)} problems")
+        lines += [f"  - {p}" for p in r.problems]
+        total += len(r.problems)
+    return "\n".join(lines), total
+

@@ -1,0 +1,215 @@
+"""Datasets, joint transforms and the step-based infinite sampler.
+
+Items are dicts: ``image`` uint8 (3, H, W), ``label`` uint8 (H, W) train ids / 255, ``index``.
+Images stay uint8 until they reach the device (a quarter of the bytes through the workers).
+
+Randomness is a function of (seed, position in the stream), never of worker order: the sampler
+hands each item a seed, so a resumed run sees exactly the batches an uninterrupted run would.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from diga.config import Config, DomainData
+from diga.data.classes import IGNORE_INDEX, class_protocol
+from diga.data.layouts import LabelDecoder, Sample, find_samples, read_image
+from diga.errors import UserError
+
+
+@dataclass(frozen=True)
+class JointTransform:
+    """Resize, random-sized crop, random crop, flip; labels always by nearest neighbour.
+
+    ``train=False``: only the fixed resize of the image; the label keeps its size so that
+    evaluation compares with full-resolution ground truth.
+    """
+
+    resize: tuple[int, int] | None = None
+    crop: tuple[int, int] | None = None
+    scale_range: tuple[float, float] = (1.0, 1.0)
+    flip: bool = False
+    train: bool = True
+
+    def __call__(self, image: torch.Tensor, label: torch.Tensor, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        # image uint8 (3, H, W), label uint8 (..., H, W): several label maps may travel together
+        if not self.train:
+            if self.resize is not None and tuple(image.shape[-2:]) != self.resize:
+                image = _resize(image, self.resize, "bilinear")
+            return image, label
+        gen = torch.Generator().manual_seed(seed)
+        size = self.resize or tuple(image.shape[-2:])
+        lo, hi = self.scale_range
+        scale = lo + (hi - lo) * torch.rand((), generator=gen).item()
+        size = (max(1, round(size[0] * scale)), max(1, round(size[1] * scale)))
+        if tuple(image.shape[-2:]) != size:
+            image = _resize(image, size, "bilinear")
+            label = _resize(label.reshape(-1, *label.shape[-2:]), size, "nearest").reshape(
+                *label.shape[:-2], *size)
+        if self.crop is not None:
+            image, label = _random_crop(image, label, self.crop, gen)
+        if self.flip and torch.rand((), generator=gen).item() < 0.5:
+            image, label = image.flip(-1), label.flip(-1)
+        return image.contiguous(), label.contiguous()
+
+
+def _resize(x: torch.Tensor, size: tuple[int, int], mode: str) -> torch.Tensor:
+    # x uint8 (C, H, W); nearest keeps label ids, bilinear with antialias for images
+    out = F.interpolate(x[None].float(), size=size, mode=mode,
+                        **({"align_corners": False, "antialias": True} if mode == "bilinear" else {}))
+    return out[0].round().clamp_(0, 255).to(torch.uint8)
+
+
+def _random_crop(image: torch.Tensor, label: torch.Tensor, crop: tuple[int, int],
+                 gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    ch, cw = crop
+    h, w = label.shape[-2:]
+    if h < ch or w < cw:  # pad: image with 0, label with IGNORE
+        ph, pw = max(ch - h, 0), max(cw - w, 0)
+        image = F.pad(image, (0, pw, 0, ph), value=0)
+        label = F.pad(label, (0, pw, 0, ph), value=IGNORE_INDEX)
+        h, w = label.shape[-2:]
+    y = int(torch.randint(0, h - ch + 1, (), generator=gen))
+    x = int(torch.randint(0, w - cw + 1, (), generator=gen))
+    return image[:, y : y + ch, x : x + cw], label[..., y : y + ch, x : x + cw]
+
+
+class SegDataset(Dataset):
+    """A split of one domain: files on disk or the built-in benchmark, same items either way.
+
+    ``__getitem__`` takes an index, or ``(index, seed)`` pairs from ``InfiniteSampler``.
+    """
+
+    def __init__(self, domain: DomainData, split: str, num_classes: int, transform: JointTransform,
+                 builtin=None, key: str = "data", with_labels: bool = True) -> None:
+        self.kind = domain.kind
+        self.split = split
+        self.transform = transform
+        self.with_labels = with_labels
+        self.protocol = class_protocol(num_classes)
+        if domain.kind == "builtin":
+            from diga.data.builtin import generate_scene
+
+            self._generate = generate_scene
+            self.spec = builtin
+            self.builtin_domain = domain.builtin_domain or (
+                "source" if key.endswith("source") else "target")
+            n = builtin.count(self.builtin_domain, split)
+            self.samples: list[Sample] = [Sample(None, None, f"{self.builtin_domain}_{split}_{i:05d}.png")  # type: ignore[arg-type]
+                                          for i in range(n)]
+        else:
+            self.samples = find_samples(domain.kind, domain.root, split, f"{key}.root")
+            self.decoder = LabelDecoder(domain.kind, self.protocol)
+        if not self.samples:
+            raise UserError(f"{key}: split '{split}' of {domain.kind} at {domain.root} is empty",
+                            f"check {key}.root and {key}.{'train' if split != 'val' else 'val'}_split")
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    @property
+    def has_labels(self) -> bool:
+        return self.kind == "builtin" or all(s.label is not None for s in self.samples)
+
+    def load(self, index: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """Image uint8 (H, W, 3) and train-id label (H, W) or None, before transforms."""
+        if self.kind == "builtin":
+            image, label19 = self._generate(self.spec, self.builtin_domain, self.split, index)
+            return image, self.protocol.train19_to_train[label19]
+        sample = self.samples[index]
+        image = read_image(sample.image)
+        if sample.label is None or not self.with_labels:
+            return image, None
+        label = self.decoder.decode(sample.label)
+        if label.shape != image.shape[:2]:
+            raise UserError(f"label {sample.label} is {label.shape[1]}x{label.shape[0]} but its image "
+                            f"is {image.shape[1]}x{image.shape[0]} (WxH)",
+                            "labels must have their image's size; 'diga data check' lists all")
+        return image, label
+
+    def __getitem__(self, item: int | tuple[int, int]) -> dict[str, torch.Tensor | int]:
+        index, seed = item if isinstance(item, tuple) else (item, 0)
+        image_np, label_np = self.load(index)
+        image = torch.from_numpy(np.ascontiguousarray(image_np)).permute(2, 0, 1)
+        if label_np is None:
+            label = torch.full(image.shape[-2:], IGNORE_INDEX, dtype=torch.uint8)
+        else:
+            label = torch.from_numpy(np.ascontiguousarray(label_np))
+        image, label = self.transform(image, label, seed)
+        return {"image": image, "label": label, "index": index}
+
+
+class InfiniteSampler(Sampler):
+    """Endless (index, seed) stream: a fresh permutation per epoch, from any start position.
+
+    Position p of the global stream belongs to rank ``p % world_size``; a run resumed at step s
+    starts at ``p = s * global_batch`` and sees the same items as an uninterrupted run.
+    """
+
+    def __init__(self, size: int, seed: int, start: int = 0, shuffle: bool = True,
+                 rank: int = 0, world_size: int = 1) -> None:
+        self.size, self.seed, self.start, self.shuffle = size, seed, start, shuffle
+        self.rank, self.world_size = rank, world_size
+
+    def _perm(self, epoch: int) -> torch.Tensor:
+        if not self.shuffle:
+            return torch.arange(self.size)
+        return torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed * 100003 + epoch))
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        pos = self.start + self.rank
+        epoch, perm = pos // self.size, self._perm(pos // self.size)
+        while True:
+            if pos // self.size != epoch:
+                epoch, perm = pos // self.size, self._perm(pos // self.size)
+            yield int(perm[pos % self.size]), (self.seed * 1_000_003 + pos) % (2**63)
+            pos += self.world_size
+
+
+def build_dataset(cfg: Config, domain: str, split: str, train: bool) -> SegDataset:
+    """The source or target dataset of a config; ``train`` selects the random transforms."""
+    dom = cfg.data.source if domain == "source" else cfg.data.target
+    split_name = dom.train_split if split == "train" else dom.val_split
+    if train:
+        transform = JointTransform(resize=dom.resize, crop=cfg.train.crop,
+                                   scale_range=cfg.data.scale_range, flip=cfg.data.flip)
+    else:
+        transform = JointTransform(resize=dom.resize, train=False)
+    from diga.data.builtin import BuiltinSpec
+
+    b = cfg.data.builtin
+    spec = BuiltinSpec(seed=b.seed, size=tuple(b.size), source_train=b.source_train,
+                       target_train=b.target_train, target_val=b.target_val)
+    return SegDataset(dom, split_name if dom.kind != "builtin" else split, cfg.num_classes,
+                      transform, builtin=spec, key=f"data.{domain}")
+
+
+def infinite_loader(dataset: SegDataset, batch_size: int, seed: int, start_step: int,
+                    num_workers: int, rank: int = 0, world_size: int = 1) -> Iterator[dict]:
+    """Batches forever, resumable at ``start_step``; ``batch_size`` is per rank."""
+    sampler = InfiniteSampler(len(dataset), seed, start=start_step * batch_size * world_size,
+                              rank=rank, world_size=world_size)
+    loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
+                        drop_last=True, persistent_workers=num_workers > 0,
+                        prefetch_factor=4 if num_workers > 0 else None)
+    return iter(loader)
+
+
+def eval_loader(dataset: SegDataset, batch_size: int, num_workers: int,
+                indices: list[int] | None = None) -> DataLoader:
+    subset = torch.utils.data.Subset(dataset, indices) if indices is not None else dataset
+    return DataLoader(subset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+
+
+def normalize(images: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
+    """uint8 or [0, 1] float (B, 3, H, W) -> the model's normalised float input."""
+    x = images.float() / 255.0 if images.dtype == torch.uint8 else images
+    m = torch.tensor(mean, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
+    s = torch.tensor(std, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
+    return (x - m) / s

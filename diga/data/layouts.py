@@ -1,0 +1,154 @@
+"""Real on-disk dataset layouts: find (image, label) pairs and decode labels to train ids.
+
+GTA5         ``images/*.png``, ``labels/*.png`` (Cityscapes label ids, 8-bit)
+SYNTHIA      ``RGB/*.png``, ``GT/LABELS/*.png`` (16-bit, SYNTHIA class id in the first channel)
+Cityscapes   ``leftImg8bit/<split>/<city>/*_leftImg8bit.png``,
+             ``gtFine/<split>/<city>/*_gtFine_labelIds.png``
+folder       ``images/[<split>/]*``, ``labels/[<split>/]*.png`` (train ids, 8-bit; labels optional)
+
+GTA5 and SYNTHIA have no official split: every image is a training image, unless
+``<root>/<split>.txt`` lists the file names to use.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from diga.data.classes import IGNORE_INDEX, ClassProtocol
+from diga.errors import UserError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+CITYSCAPES_LABEL_IDS = 34  # ids 0..33 exist in gtFine labelIds
+SYNTHIA_CLASS_IDS = 23  # ids 0..22 exist in SYNTHIA-RAND-CITYSCAPES
+
+
+@dataclass(frozen=True)
+class Sample:
+    image: Path
+    label: Path | None
+    name: str  # relative name, used for saved predictions
+
+
+def _images_in(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def _split_filter(root: Path, split: str, names: list[Path]) -> list[Path]:
+    listing = root / f"{split}.txt"
+    if not listing.is_file():
+        return names
+    wanted = {line.strip() for line in listing.read_text().splitlines() if line.strip()}
+    return [p for p in names if p.name in wanted or p.stem in wanted]
+
+
+def _require_dir(path: Path, kind: str, key: str) -> None:
+    if not path.is_dir():
+        raise UserError(f"{kind} layout: folder {path} not found ({key})",
+                        f"point {key} at the dataset root that holds it")
+
+
+def find_samples(kind: str, root: Path, split: str, key: str) -> list[Sample]:
+    """Pairs of (image, label) in a real layout; ``label`` is None where none exists."""
+    root = Path(root)
+    _require_dir(root, kind, key)
+    if kind in ("gta5", "synthia"):
+        img_dir = root / ("images" if kind == "gta5" else "RGB")
+        lbl_dir = root / ("labels" if kind == "gta5" else "GT/LABELS")
+        _require_dir(img_dir, kind, key)
+        images = _split_filter(root, split, _images_in(img_dir))
+        return [Sample(p, lbl_dir / f"{p.stem}.png", p.name) for p in images]
+    if kind == "cityscapes":
+        img_dir = root / "leftImg8bit" / split
+        _require_dir(img_dir, kind, key)
+        out = []
+        for p in sorted(img_dir.glob("*/*_leftImg8bit.png")):
+            stem = p.name.removesuffix("_leftImg8bit.png")
+            label = root / "gtFine" / split / p.parent.name / f"{stem}_gtFine_labelIds.png"
+            out.append(Sample(p, label if label.exists() else None, f"{p.parent.name}/{p.name}"))
+        return out
+    if kind == "folder":
+        img_dir = root / "images" / split if (root / "images" / split).is_dir() else root / "images"
+        lbl_dir = root / "labels" / split if (root / "labels" / split).is_dir() else root / "labels"
+        _require_dir(img_dir, kind, key)
+        out = []
+        for p in _images_in(img_dir):
+            label = lbl_dir / f"{p.stem}.png"
+            out.append(Sample(p, label if label.exists() else None, p.name))
+        return out
+    raise ValueError(f"unknown dataset kind {kind!r}")
+
+
+def read_image(path: Path) -> np.ndarray:
+    """RGB uint8 (H, W, 3); grayscale and RGBA are converted."""
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"))
+    except FileNotFoundError:
+        raise UserError(f"image not found: {path}", "check the dataset folder") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise UserError(f"cannot decode image {path} ({exc.__class__.__name__})",
+                        "the file is corrupt; replace or remove it ('diga data check' lists all)") from None
+
+
+def _read_raw_label(kind: str, path: Path) -> np.ndarray:
+    if kind == "synthia":
+        import png  # pypng: 16-bit RGB(A) that Pillow reduces to 8 bits
+
+        try:
+            width, height, rows, info = png.Reader(filename=str(path)).asDirect()
+            planes = info["planes"]
+            data = np.vstack([np.asarray(r, dtype=np.uint16) for r in rows])
+        except FileNotFoundError:
+            raise UserError(f"label not found: {path}", "every image needs a label file") from None
+        except (png.Error, OSError, ValueError) as exc:
+            raise UserError(f"cannot decode label {path} ({exc.__class__.__name__})",
+                            "the file is corrupt; replace or remove it") from None
+        return data.reshape(height, width, planes)[..., 0]  # class id: the first channel
+    try:
+        with Image.open(path) as im:
+            arr = np.asarray(im)
+    except FileNotFoundError:
+        raise UserError(f"label not found: {path}", "every image needs a label file") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise UserError(f"cannot decode label {path} ({exc.__class__.__name__})",
+                        "the file is corrupt; replace or remove it") from None
+    if arr.ndim == 3:
+        arr = arr[..., 0]
+    return arr
+
+
+class LabelDecoder:
+    """Raw label file -> train ids of a class protocol, with a check for unknown ids."""
+
+    def __init__(self, kind: str, protocol: ClassProtocol) -> None:
+        self.kind = kind
+        self.num_classes = protocol.num_classes
+        if kind in ("gta5", "cityscapes"):
+            self.lut = protocol.label_id_lut()
+            self.known = CITYSCAPES_LABEL_IDS
+        elif kind == "synthia":
+            self.lut = protocol.synthia_lut()
+            self.known = SYNTHIA_CLASS_IDS
+        else:  # folder: train ids already
+            self.lut = np.full(256, IGNORE_INDEX, np.uint8)
+            self.lut[: protocol.num_classes] = np.arange(protocol.num_classes)
+            self.known = protocol.num_classes
+
+    def unknown_ids(self, raw: np.ndarray) -> list[int]:
+        ids = np.unique(raw)
+        bad = ids[(ids >= self.known) & ~((self.kind == "folder") & (ids == IGNORE_INDEX))]
+        return [int(v) for v in bad]
+
+    def decode(self, path: Path) -> np.ndarray:
+        raw = _read_raw_label(self.kind, path)
+        bad = self.unknown_ids(raw)
+        if bad:
+            what = "train ids" if self.kind == "folder" else f"{self.kind} label ids"
+            raise UserError(f"label {path} holds unknown {what} {bad[:5]}",
+                            f"labels must use {what} below {self.known}"
+                            + (" or 255" if self.kind == "folder" else ""))
+        return self.lut[raw]

@@ -1,0 +1,23 @@
+"""Errors that are the user's to fix.
+
+Library code raises ``UserError`` with what is wrong, where, and how to fix it; only the CLI
+turns it into one printed line and exit code 1.
+"""
+
+from __future__ import annotations
+
+
+class UserError(Exception):
+    """A mistake in the user's input (config, paths, files), with a hint on how to fix it."""
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        if hint is None and message.startswith("Caught UserError"):
+            # re-raised by a DataLoader worker with the worker's traceback: keep the last line
+            last = message.strip().splitlines()[-1]
+            message = last.split("UserError: ", 1)[-1]
+        self.message = message
+        self.hint = hint
+        super().__init__(f"{message} ({hint})" if hint else message)
+
+    def __str__(self) -> str:
+        return f"{self.message}; {self.hint}" if self.hint else self.message

@@ -1,0 +1,72 @@
+"""Class-mix masks (DACS-style) and the blend that applies them."""
+
+from __future__ import annotations
+
+import torch
+
+
+def class_mix_mask(
+    labels: torch.Tensor,
+    generator: torch.Generator | None = None,
+    ignore_index: int = 255,
+) -> torch.Tensor:
+    """Class-mix mask of a label batch.
+
+    For each image, draw ``floor(n / 2)`` of its ``n`` present classes (``ignore_index``
+    excluded) uniformly without replacement; the mask is True where the label is a drawn
+    class or ``ignore_index``. One bincount and one gather for the whole batch.
+
+    Args:
+        labels: (B, H, W) integer label maps; labels other than ``ignore_index`` must be >= 0.
+        generator: optional seeded generator (on any device) for reproducible draws.
+        ignore_index: the label value that marks unlabelled pixels.
+
+    Returns:
+        (B, H, W) bool mask on ``labels``' device.
+    """
+    if labels.dim() != 3:
+        raise ValueError(f"labels must be (B, H, W), got shape {tuple(labels.shape)}")
+    labels = labels.long()
+    b = labels.shape[0]
+    valid = labels != ignore_index
+    # K real classes plus one dummy bin per image that collects the ignore pixels.
+    k = int(torch.where(valid, labels, -1).max()) + 1 if labels.numel() else 0
+    lab = torch.where(valid, labels, k)  # (B, H, W) in [0, K]
+    offsets = torch.arange(b, device=labels.device).view(b, 1, 1) * (k + 1)
+    flat = (lab + offsets).reshape(-1)  # (B*H*W,)
+    present = torch.bincount(flat, minlength=b * (k + 1)).view(b, k + 1)[:, :k] > 0  # (B, K)
+
+    # A uniform random ranking of the present classes; absent ones sort last.
+    gen_device = generator.device if generator is not None else labels.device
+    scores = torch.rand(b, k, generator=generator, device=gen_device).to(labels.device)
+    scores = torch.where(present, scores, torch.full_like(scores, 2.0))
+    rank = scores.argsort(dim=1).argsort(dim=1)  # (B, K)
+    n_draw = present.sum(dim=1, keepdim=True) // 2  # (B, 1)
+    chosen = rank < n_draw  # (B, K)
+    chosen = torch.cat([chosen, chosen.new_ones(b, 1)], dim=1)  # dummy bin: ignore -> True
+    return chosen.reshape(-1)[flat].view_as(labels)
+
+
+def mix(mask: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``mask * a + (1 - mask) * b``.
+
+    Args:
+        mask: (B, H, W), bool (hard mix) or float in [0, 1] (soft mix).
+        a, b: images (B, C, H, W) or label maps (B, H, W) of the same shape.
+
+    Returns:
+        The mixed tensor, shaped like ``a``. Bool masks use ``torch.where``, so labels keep
+        their integer dtype.
+    """
+    if a.shape != b.shape:
+        raise ValueError(f"cannot mix tensors of shapes {tuple(a.shape)} and {tuple(b.shape)}")
+    if a.dim() == mask.dim() + 1:
+        mask = mask.unsqueeze(1)  # (B, 1, H, W), broadcast over channels
+    elif a.dim() != mask.dim():
+        raise ValueError(
+            f"mask of shape {tuple(mask.shape)} does not fit tensors of shape {tuple(a.shape)}"
+        )
+    if mask.dtype == torch.bool:
+        return torch.where(mask, a, b)
+    mask = mask.to(a.dtype)
+    return mask * a + (1 - mask) * b

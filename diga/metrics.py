@@ -1,0 +1,58 @@
+"""Segmentation metrics from one confusion matrix summed over the whole split.
+
+``confusion_matrix`` works on torch tensors (on the device) and on numpy arrays, so the
+torch-free benchmark harness computes mIoU the same way ``diga eval`` does. A class absent from
+both ground truth and prediction gets IoU NaN and is left out of the mean (Cityscapes
+convention).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+
+def confusion_matrix(pred: Any, target: Any, num_classes: int, ignore_index: int = 255) -> Any:
+    """(C, C) int64 counts, rows = ground truth, columns = prediction; one bincount.
+
+    Works with torch tensors (stays on their device) or numpy arrays.
+    """
+    valid = (target != ignore_index) & (target >= 0) & (target < num_classes)
+    index = target[valid] * num_classes + pred[valid]
+    if isinstance(index, np.ndarray):
+        counts = np.bincount(index.astype(np.int64), minlength=num_classes**2)
+        return counts[: num_classes**2].reshape(num_classes, num_classes)
+    index = index.long().clamp_(0, num_classes**2 - 1)
+    import torch  # only on the torch path
+
+    return torch.bincount(index, minlength=num_classes**2).reshape(num_classes, num_classes)
+
+
+@dataclass
+class SegMetrics:
+    iou: np.ndarray  # (C,), NaN for classes absent from ground truth and prediction
+    miou: float
+    pixel_acc: float
+    class_names: tuple[str, ...]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "miou": self.miou,
+            "pixel_acc": self.pixel_acc,
+            "iou": {n: (None if np.isnan(v) else float(v)) for n, v in zip(self.class_names, self.iou)},
+        }
+
+
+def metrics_from_confusion(conf: Any, class_names: tuple[str, ...]) -> SegMetrics:
+    """Per-class IoU, mIoU (in %) and pixel accuracy (in %)."""
+    conf = np.asarray(conf.cpu() if hasattr(conf, "cpu") else conf, dtype=np.float64)
+    tp = np.diag(conf)
+    union = conf.sum(0) + conf.sum(1) - tp
+    with np.errstate(invalid="ignore", divide="ignore"):
+        iou = np.where(union > 0, tp / union, np.nan) * 100.0
+    total = conf.sum()
+    miou = float(np.nanmean(iou)) if np.any(~np.isnan(iou)) else float("nan")
+    pixel_acc = float(tp.sum() / total * 100.0) if total > 0 else float("nan")
+    return SegMetrics(iou=iou, miou=miou, pixel_acc=pixel_acc, class_names=tuple(class_names))

@@ -1,0 +1,1 @@
+"""Training stages (one readable loop), evaluation, pseudo-labels and centroids."""

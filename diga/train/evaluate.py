@@ -1,0 +1,85 @@
+"""Evaluation on a labelled split: one confusion matrix, optional multi-scale and flip test."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from diga.config import Config
+from diga.data.classes import class_protocol
+from diga.data.datasets import SegDataset, eval_loader, normalize
+from diga.metrics import SegMetrics, confusion_matrix, metrics_from_confusion
+
+
+@torch.no_grad()
+def predict_logits(model: torch.nn.Module, images: torch.Tensor, out_size: tuple[int, int],
+                   mean: tuple[float, ...], std: tuple[float, ...],
+                   scales: tuple[float, ...] = (1.0,), flip: bool = False) -> torch.Tensor:
+    """Logits (B, C, H, W) at ``out_size``: max over scales (and flips) of upsampled logits.
+
+    Args:
+        images: uint8 (B, 3, h, w) on the model's device.
+    """
+    x = normalize(images, mean, std)
+    fused = None
+    for scale in scales:
+        xs = x if scale == 1.0 else F.interpolate(x, scale_factor=scale, mode="bilinear",
+                                                  align_corners=True)
+        views = [xs, xs.flip(-1)] if flip else [xs]
+        for i, view in enumerate(views):
+            logits = model(view).logits
+            if i == 1:
+                logits = logits.flip(-1)
+            logits = F.interpolate(logits, size=out_size, mode="bilinear", align_corners=True)
+            fused = logits if fused is None else torch.maximum(fused, logits)
+    return fused
+
+
+def evaluate(model: torch.nn.Module, dataset: SegDataset, cfg: Config, device: torch.device,
+             save_predictions: Path | None = None,
+             progress: Callable[[int, int], None] | None = None,
+             max_images: int | None = None) -> SegMetrics:
+    """mIoU of ``model`` on a labelled split (target val), from one summed confusion matrix.
+
+    ``save_predictions`` writes Cityscapes labelId PNGs named after the input images.
+    """
+    protocol = class_protocol(cfg.num_classes)
+    was_training = model.training
+    model.eval()
+    indices = list(range(min(len(dataset), max_images))) if max_images else None
+    loader = eval_loader(dataset, cfg.eval.batch_size, cfg.data.num_workers, indices)
+    conf = torch.zeros(cfg.num_classes, cfg.num_classes, dtype=torch.long, device=device)
+    done, total = 0, len(indices) if indices else len(dataset)
+    for batch in loader:
+        images = batch["image"].to(device, non_blocking=True)
+        labels = batch["label"].to(device, non_blocking=True).long()
+        logits = predict_logits(model, images, tuple(labels.shape[-2:]), cfg.data.mean,
+                                cfg.data.std, tuple(cfg.eval.scales), cfg.eval.flip)
+        pred = logits.argmax(1)
+        conf += confusion_matrix(pred, labels, cfg.num_classes)
+        if save_predictions is not None:
+            _save_label_ids(save_predictions, dataset, batch["index"].tolist(), pred,
+                            protocol.train_to_label_id)
+        done += len(images)
+        if progress is not None:
+            progress(done, total)
+    model.train(was_training)
+    return metrics_from_confusion(conf, protocol.names)
+
+
+def _save_label_ids(out: Path, dataset: SegDataset, indices: list[int], pred: torch.Tensor,
+                    train_to_label_id: np.ndarray) -> None:
+    from PIL import Image
+
+    from diga.io import atomic_write
+
+    label_ids = train_to_label_id[pred.cpu().numpy()]  # (B, H, W) Cityscapes label ids
+    for index, ids in zip(indices, label_ids):
+        name = Path(dataset.samples[index].name)
+        stem = name.name.removesuffix("_leftImg8bit.png").rsplit(".", 1)[0]
+        path = out / name.parent / f"{stem}_pred_labelIds.png"
+        atomic_write(path, lambda p, ids=ids: Image.fromarray(ids.astype(np.uint8)).save(p, format="PNG"))

@@ -1,0 +1,29 @@
+"""The optimiser (backbone 1x, head 10x) and the poly learning-rate schedule."""
+
+from __future__ import annotations
+
+import torch
+
+from diga.config import OptimConfig
+from diga.models import SegmentationModel
+
+
+def build_optimizer(model: SegmentationModel, cfg: OptimConfig) -> torch.optim.Optimizer:
+    backbone, head = model.param_groups()
+    groups = [
+        {"params": backbone, "lr": cfg.lr, "lr_mult": 1.0},
+        {"params": head, "lr": cfg.lr * cfg.head_lr_mult, "lr_mult": cfg.head_lr_mult},
+    ]
+    if cfg.name == "adamw":
+        return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+
+def poly_lr(base_lr: float, step: int, total: int, power: float) -> float:
+    """lr * (1 - step/total)^power."""
+    return base_lr * (1.0 - step / total) ** power
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr * group["lr_mult"]

@@ -1,0 +1,104 @@
+"""Between the stages: offline pseudo-labels and class centroids of the target train split."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from diga.checkpoint import Checkpoint
+from diga.config import Config
+from diga.data.datasets import SegDataset, build_dataset, eval_loader, normalize
+from diga.data.pseudo_labels import (
+    MANIFEST,
+    dataset_identity,
+    pseudo_label_path,
+    write_pseudo_label,
+)
+from diga.errors import UserError
+from diga.io import atomic_write, atomic_write_json
+from diga.method import CentroidAccumulator
+from diga.train.evaluate import predict_logits
+
+CENTROIDS_FILE = "centroids.safetensors"
+
+
+def _target_train(cfg: Config) -> SegDataset:
+    return build_dataset(cfg, "target", "train", train=False)
+
+
+@torch.no_grad()
+def make_pseudo_labels(model: torch.nn.Module, cfg: Config, ckpt: Checkpoint, out: Path,
+                       device: torch.device,
+                       progress: Callable[[int, int], None] | None = None) -> dict:
+    """Multi-scale (``cfg.pseudo.scales``) max-fused argmax labels for every target train image.
+
+    No confidence threshold. Writes ``out/<name>.png`` (train ids) and ``out/manifest.json``
+    last, so a folder without a manifest is an unfinished one.
+    """
+    dataset = _target_train(cfg)
+    model.eval()
+    loader = eval_loader(dataset, cfg.pseudo.batch_size, cfg.data.num_workers)
+    (out / MANIFEST).unlink(missing_ok=True)
+    done, tic = 0, time.perf_counter()
+    for batch in loader:
+        images = batch["image"].to(device)
+        logits = predict_logits(model, images, tuple(images.shape[-2:]), cfg.data.mean,
+                                cfg.data.std, tuple(cfg.pseudo.scales))
+        labels = logits.argmax(1).to(torch.uint8).cpu().numpy()  # (B, H, W) train ids
+        for index, label in zip(batch["index"].tolist(), labels):
+            write_pseudo_label(pseudo_label_path(out, dataset.samples[index].name), label)
+        done += len(images)
+        if progress is not None:
+            progress(done, len(dataset))
+    manifest = {
+        "model": str(ckpt.folder), "stage": ckpt.meta.get("stage"), "step": ckpt.step,
+        "config_hash": ckpt.meta.get("config_hash"), "scales": list(cfg.pseudo.scales),
+        "dataset": dataset_identity(dataset, cfg.data), "seconds": time.perf_counter() - tic,
+    }
+    atomic_write_json(out / MANIFEST, manifest)
+    return manifest
+
+
+@torch.no_grad()
+def make_centroids(model: torch.nn.Module, cfg: Config, out_file: Path, device: torch.device,
+                   progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
+    """Per-class running mean of the features at pixels the model predicts as that class.
+
+    Classes with fewer than ``selftrain.min_pixels`` pixels in an image are skipped for it.
+    """
+    dataset = _target_train(cfg)
+    model.eval()
+    loader = eval_loader(dataset, cfg.pseudo.batch_size, cfg.data.num_workers)
+    acc = CentroidAccumulator(cfg.num_classes, model.feature_dim, cfg.selftrain.min_pixels)
+    done = 0
+    for batch in loader:
+        out = model(normalize(batch["image"].to(device), cfg.data.mean, cfg.data.std))
+        acc.add(out.features, out.logits)
+        done += len(batch["image"])
+        if progress is not None:
+            progress(done, len(dataset))
+    centroids = acc.centroids().float().cpu()
+    tensors = {"centroids": centroids.contiguous(), "counts": acc.counts.cpu().contiguous()}
+    atomic_write(out_file, lambda p: save_file(tensors, str(p),
+                                               metadata={"classes": str(cfg.num_classes)}))
+    return centroids
+
+
+def load_centroids(path: Path, num_classes: int, feat_dim: int) -> torch.Tensor:
+    """Read a centroids file and check it fits the model and class protocol."""
+    if not path.is_file():
+        raise UserError(f"centroids file {path} not found", "make it with 'diga centroids RUN'")
+    try:
+        centroids = load_file(str(path))["centroids"]
+    except Exception:
+        raise UserError(f"centroids file {path} is corrupt or not a centroids file",
+                        "delete it and run 'diga centroids RUN' again") from None
+    if tuple(centroids.shape) != (num_classes, feat_dim):
+        raise UserError(f"centroids in {path} have shape {tuple(centroids.shape)}, this model "
+                        f"needs ({num_classes}, {feat_dim})",
+                        "delete the file and run 'diga centroids RUN' for this model")
+    return centroids

@@ -1,0 +1,110 @@
+"""Running stages end to end: run directories, self-training inputs and rounds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.console import Console
+
+from diga.checkpoint import Checkpoint, load_model, resolve_checkpoint
+from diga.config import Config, config_from_dict
+from diga.data.datasets import build_dataset
+from diga.data.pseudo_labels import MANIFEST, check_manifest, dataset_identity
+from diga.device import select_device
+from diga.errors import UserError
+from diga.train.loop import SelftrainInputs, StageResult, check_resumable, train_stage
+from diga.train.pseudo import CENTROIDS_FILE, load_centroids, make_centroids, make_pseudo_labels
+
+console = Console(stderr=True)
+
+
+def default_run_dir(stage: str, root: Path = Path("runs")) -> Path:
+    """``runs/<stage>``, or ``runs/<stage>-2``, ... when taken (never overwrites a run)."""
+    path, n = root / stage, 1
+    while path.exists() and any(path.iterdir()):
+        n += 1
+        path = root / f"{stage}-{n}"
+    return path
+
+
+def prepare_run_dir(path: Path, resume: bool, stage: str) -> None:
+    if path.exists() and not path.is_dir():
+        raise UserError(f"output path {path} exists and is a file", "choose a folder with --out")
+    if resume:
+        check_resumable(path, stage)
+    elif path.is_dir() and any(path.iterdir()):
+        raise UserError(f"run directory {path} already exists and is not empty",
+                        "pass --resume to continue it, or choose another --out")
+
+
+def run_config(run_dir: Path) -> Config:
+    """The resolved config saved in a run directory."""
+    import yaml
+
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        raise UserError(f"{run_dir} has no config.yaml", "give a run directory made by 'diga train'")
+    return config_from_dict(yaml.safe_load(path.read_text()))
+
+
+def ensure_pseudo_labels(cfg: Config, init_dir: Path, device, quiet: bool = False) -> Path:
+    """``init_dir/pseudo`` made by the init run's student, or checked when it exists."""
+    folder = init_dir / "pseudo"
+    expected = dataset_identity(build_dataset(cfg, "target", "train", train=False), cfg.data)
+    if (folder / MANIFEST).is_file():
+        check_manifest(folder, expected)
+        return folder
+    model, _, ckpt = load_model(init_dir, device)
+    _check_same_model(cfg, ckpt)
+    if not quiet:
+        console.print(f"pseudo-labels: {folder}")
+    make_pseudo_labels(model, cfg, ckpt, folder, device)
+    return folder
+
+
+def ensure_centroids(cfg: Config, init_dir: Path, device, quiet: bool = False):
+    path = init_dir / CENTROIDS_FILE
+    model, _, ckpt = load_model(init_dir, device)
+    _check_same_model(cfg, ckpt)
+    if not path.exists():
+        if not quiet:
+            console.print(f"centroids: {path}")
+        make_centroids(model, cfg, path, device)
+    return load_centroids(path, cfg.num_classes, model.feature_dim)
+
+
+def _check_same_model(cfg: Config, ckpt: Checkpoint) -> None:
+    init_cfg = config_from_dict(ckpt.config)
+    if (init_cfg.model.name, init_cfg.num_classes) != (cfg.model.name, cfg.num_classes):
+        raise UserError(
+            f"{ckpt.folder} is a {init_cfg.model.name} with {init_cfg.num_classes} classes, this "
+            f"config trains {cfg.model.name} with {cfg.num_classes}",
+            "use the same model.name and data.classes as the warm-up run")
+
+
+def run_selftrain(cfg: Config, init: Path, out: Path, resume: bool = False,
+                  show_progress: bool = True) -> list[StageResult]:
+    """Self-training rounds ``out/round1``, ``out/round2``, ...; round r starts from round r-1.
+
+    Each round regenerates pseudo-labels and centroids with the model it starts from.
+    """
+    device = select_device(cfg.run.device)
+    resolve_checkpoint(init)  # a clear error when the warm-up run does not exist
+    results = []
+    for r in range(1, cfg.selftrain.rounds + 1):
+        round_dir = out / f"round{r}"
+        init_dir = init if r == 1 else out / f"round{r - 1}"
+        if (round_dir / "checkpoints" / "last").is_dir():
+            ckpt = resolve_checkpoint(round_dir)
+            if ckpt.step >= cfg.train.steps:
+                results.append(StageResult(round_dir, ckpt.step, ckpt.meta.get("metrics", {})))
+                continue  # finished before an interruption
+            if not resume:
+                prepare_run_dir(round_dir, False, "selftrain")
+        pseudo_dir = ensure_pseudo_labels(cfg, init_dir, device, quiet=not show_progress)
+        centroids = ensure_centroids(cfg, init_dir, device, quiet=not show_progress)
+        inputs = SelftrainInputs(resolve_checkpoint(init_dir), pseudo_dir, centroids)
+        resuming = resume and (round_dir / "checkpoints" / "last").is_dir()
+        results.append(train_stage(cfg, "selftrain", round_dir, resume=resuming,
+                                   selftrain=inputs, show_progress=show_progress))
+    return results
