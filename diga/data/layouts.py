@@ -86,7 +86,7 @@ def read_image(path: Path) -> np.ndarray:
     """RGB uint8 (H, W, 3); grayscale and RGBA are converted."""
     try:
         with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"))
+            return np.array(im.convert("RGB"))
     except FileNotFoundError:
         raise UserError(f"image not found: {path}", "check the dataset folder") from None
     except (OSError, SyntaxError, ValueError) as exc:

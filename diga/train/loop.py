@@ -138,14 +138,15 @@ def train_stage(cfg: Config, stage: str, run_dir: Path, resume: bool = False,
         if centroids is not None:
             centroids = ckpt.extra()["centroids"].to(device)
         optimizer.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["torch_rng"])
-        mix_gen.set_state(state["mix_rng"])
         start = int(state["step"])
     else:
         save_config(cfg, run_dir / "config.yaml")
     source_iter = infinite_loader(source, batch, cfg.run.seed, start, cfg.data.num_workers)
     target_iter = (infinite_loader(target, batch, cfg.run.seed + 7, start, cfg.data.num_workers)
                    if stage == "selftrain" or needs_target else None)
+    if resume:  # after the loaders: creating one draws from the global RNG
+        torch.set_rng_state(state["torch_rng"])
+        mix_gen.set_state(state["mix_rng"])
 
     def checkpoint(step: int, metrics: dict[str, Any]) -> None:
         save_checkpoint(

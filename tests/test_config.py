@@ -1,0 +1,76 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from diga.config import PRESETS, Config, load_config, parse_overrides
+from diga.errors import UserError
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_presets_load(preset):
+    cfg = load_config(preset)
+    assert isinstance(cfg, Config)
+    assert cfg.warmup.kd_weight == 0.5 and cfg.selftrain.kd_weight == 0.25
+    assert cfg.method.ema_max == 0.999 and cfg.selftrain.centroid_momentum == 1e-4
+
+
+def test_paper_preset_has_method_defaults():
+    cfg = load_config("gta2cs-deeplabv2")
+    assert cfg.model.name == "deeplabv2_resnet101"
+    assert cfg.train.optim.name == "sgd" and cfg.train.optim.lr == 2.5e-4
+    assert cfg.train.optim.head_lr_mult == 10 and cfg.train.optim.momentum == 0.9
+    assert cfg.train.optim.weight_decay == 5e-4 and cfg.train.optim.poly_power == 0.9
+    assert cfg.warmup.beta == 0.4 and cfg.selftrain.beta == 0.3
+    assert cfg.pseudo.scales == [1.0, 0.5]
+    assert load_config("synthia2cs-deeplabv2").num_classes == 16
+
+
+def test_overrides_are_typed():
+    cfg = load_config("demo", ["train.steps=12", "train.crop=32x48", "data.flip=false",
+                               "pseudo.scales=[1.0,0.75]", "model.pretrained=null"])
+    assert cfg.train.steps == 12 and cfg.train.crop == (32, 48)
+    assert cfg.data.flip is False and cfg.pseudo.scales == [1.0, 0.75]
+    assert cfg.model.pretrained is None
+
+
+def test_unknown_key_did_you_mean():
+    with pytest.raises(UserError, match=r"unknown config key 'train.step'.*did you mean 'train.steps'"):
+        load_config("demo", ["train.step=3"])
+    with pytest.raises(UserError, match="unknown config key 'trian'.*did you mean 'train'"):
+        load_config("demo", ["trian.steps=3"])
+
+
+def test_wrong_type_and_range():
+    with pytest.raises(UserError, match=r"train.steps='many'"):
+        load_config("demo", ["train.steps=many"])
+    with pytest.raises(UserError, match=r"train.steps=0.*greater than or equal to 1"):
+        load_config("demo", ["train.steps=0"])
+    with pytest.raises(UserError, match="data.classes"):
+        load_config("demo", ["data.classes=17"])
+    with pytest.raises(UserError, match="HxW"):
+        load_config("demo", ["train.crop=big"])
+    with pytest.raises(UserError, match="unknown model 'deeplabv2_resnet102'.*deeplabv2_resnet101"):
+        load_config("demo", ["model.name=deeplabv2_resnet102"])
+
+
+def test_bad_override_syntax_and_missing_file(tmp_path):
+    with pytest.raises(UserError, match="key.sub=value"):
+        parse_overrides(["train.steps"])
+    with pytest.raises(UserError, match="did you mean the preset 'demo'"):
+        load_config("dmeo")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: [unclosed\n")
+    with pytest.raises(UserError, match="not valid YAML"):
+        load_config(bad)
+
+
+def test_yaml_file_roundtrip(tmp_path: Path):
+    cfg = load_config("demo", ["train.steps=7"])
+    path = tmp_path / "c.yaml"
+    path.write_text(cfg.to_yaml())
+    again = load_config(path)
+    assert again == cfg and again.hash() == cfg.hash()
+    assert yaml.safe_load(path.read_text())["train"]["crop"] == "64x128"

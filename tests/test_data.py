@@ -1,0 +1,195 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import write_png, write_png16_rgb
+
+from diga.config import load_config
+from diga.data.check import check_datasets, format_reports
+from diga.data.classes import SYNTHIA_TO_TRAIN19, class_protocol
+from diga.data.datasets import InfiniteSampler, JointTransform, build_dataset
+from diga.errors import UserError
+
+
+def test_classes_agree_with_cityscapesscripts():
+    from cityscapesscripts.helpers.labels import labels
+
+    proto = class_protocol(19)
+    official = sorted((l for l in labels if 0 <= l.trainId < 255), key=lambda l: l.trainId)
+    assert list(proto.names) == [l.name for l in official]
+    assert [tuple(c) for c in proto.palette] == [tuple(l.color) for l in official]
+    assert list(proto.train_to_label_id) == [l.id for l in official]
+    lut = proto.label_id_lut()
+    for l in labels:
+        if l.id >= 0:
+            assert lut[l.id] == (l.trainId if 0 <= l.trainId < 255 else 255), l.name
+
+
+def test_16_and_13_class_protocols():
+    p16, p13 = class_protocol(16), class_protocol(13)
+    assert set(class_protocol(19).names) - set(p16.names) == {"terrain", "truck", "train"}
+    assert set(p16.names) - set(p13.names) == {"wall", "fence", "pole"}
+    assert p16.train19_to_train[9] == 255 and p16.train19_to_train[10] == 9  # sky shifts down
+    # every SYNTHIA class maps to a 16-class id
+    lut = p16.synthia_lut()
+    assert sorted(lut[list(SYNTHIA_TO_TRAIN19)].tolist()) == list(range(16))
+
+
+def _scene(h=24, w=40, seed=0):
+    """An image whose colour encodes its Cityscapes label id, so alignment can be checked."""
+    rng = np.random.default_rng(seed)
+    ids = np.array([7, 8, 11, 21, 23, 26])[rng.integers(0, 6, (h // 4, w // 4))]
+    ids = ids.repeat(4, 0).repeat(4, 1).astype(np.uint8)
+    image = np.stack([ids * 7, ids * 3, 255 - ids * 5], -1).astype(np.uint8)
+    return image, ids
+
+
+def make_cityscapes(root: Path, n_train=3, n_val=2):
+    for split, n in (("train", n_train), ("val", n_val)):
+        for i in range(n):
+            city = "aachen" if split == "train" else "frankfurt"
+            stem = f"{city}_{i:06d}_000019"
+            image, ids = _scene(seed=i + (100 if split == "val" else 0))
+            write_png(root / "leftImg8bit" / split / city / f"{stem}_leftImg8bit.png", image)
+            write_png(root / "gtFine" / split / city / f"{stem}_gtFine_labelIds.png", ids)
+    return root
+
+
+def make_gta5(root: Path, n=3):
+    for i in range(n):
+        image, ids = _scene(seed=i)
+        write_png(root / "images" / f"{i:05d}.png", image)
+        write_png(root / "labels" / f"{i:05d}.png", ids)
+    return root
+
+
+def make_synthia(root: Path, n=3):
+    inv = {v: k for k, v in SYNTHIA_TO_TRAIN19.items()}
+    lut19 = class_protocol(19).label_id_lut()
+    for i in range(n):
+        image, ids = _scene(seed=i)
+        write_png(root / "RGB" / f"{i:07d}.png", image)
+        write_png16_rgb(root / "GT" / "LABELS" / f"{i:07d}.png",
+                        np.vectorize(lambda v: inv.get(int(lut19[v]), 0))(ids).astype(np.uint16))
+    return root
+
+
+def make_folder(root: Path, n=3, classes=19):
+    lut = class_protocol(classes).label_id_lut()
+    for split in ("train", "val"):
+        for i in range(n):
+            image, ids = _scene(seed=i)
+            write_png(root / "images" / split / f"f{i}.jpg", image)
+            write_png(root / "labels" / split / f"f{i}.png", lut[ids])
+    return root
+
+
+@pytest.mark.parametrize("kind,maker", [("gta5", make_gta5), ("synthia", make_synthia),
+                                        ("cityscapes", make_cityscapes), ("folder", make_folder)])
+def test_real_layouts_decode_to_train_ids(tmp_path, kind, maker):
+    root = maker(tmp_path / kind)
+    classes = 16 if kind == "synthia" else 19
+    cfg = load_config("demo", [f"data.source.kind={kind}", f"data.source.root={root}",
+                               f"data.classes={classes}"])
+    ds = build_dataset(cfg, "source", "train", train=False)
+    assert len(ds) == 3
+    item = ds[0]
+    image, ids = _scene(seed=0)
+    expected = class_protocol(classes).label_id_lut()[ids]
+    np.testing.assert_array_equal(item["label"].numpy(), expected)
+    if kind != "folder":  # jpeg in the folder fixture is lossy
+        np.testing.assert_array_equal(item["image"].permute(1, 2, 0).numpy(), image)
+
+
+def test_joint_transform_keeps_labels_aligned():
+    image, ids = _scene(48, 80)
+    t = JointTransform(resize=(40, 64), crop=(24, 32), scale_range=(0.8, 1.4), flip=True)
+    img = torch.from_numpy(image).permute(2, 0, 1)
+    lab = torch.from_numpy(ids)
+    colour_of = {int(i): torch.tensor([i * 7, i * 3, 255 - i * 5]) for i in np.unique(ids)}
+    for seed in range(8):
+        oi, ol = t(img, lab, seed)
+        assert oi.shape == (3, 24, 32) and ol.shape == (24, 32)
+        # away from class borders (where bilinear blends colours), colour still encodes the label
+        inner = ol == torch.nn.functional.max_pool2d(ol[None, None].float(), 3, 1, 1)[0, 0].long()
+        inner &= ol == -torch.nn.functional.max_pool2d(-ol[None, None].float(), 3, 1, 1)[0, 0].long()
+        for cls, colour in colour_of.items():
+            sel = inner & (ol == cls)
+            if sel.any():
+                assert (oi[:, sel].float().median(1).values - colour).abs().max() < 4
+    # same seed, same output: randomness is a function of the seed only
+    assert torch.equal(t(img, lab, 3)[1], t(img, lab, 3)[1])
+
+
+def test_small_image_is_padded_with_ignore():
+    t = JointTransform(crop=(16, 16))
+    oi, ol = t(torch.zeros(3, 8, 8, dtype=torch.uint8), torch.zeros(8, 8, dtype=torch.uint8), 0)
+    assert oi.shape == (3, 16, 16) and (ol == 255).sum() == 16 * 16 - 64
+
+
+def test_infinite_sampler_resumes_and_shards():
+    full = InfiniteSampler(5, seed=3)
+    it = iter(full)
+    stream = [next(it) for _ in range(23)]
+    resumed = iter(InfiniteSampler(5, seed=3, start=11))
+    assert [next(resumed) for _ in range(12)] == stream[11:]
+    # each epoch is a permutation
+    assert sorted(i for i, _ in stream[:5]) == list(range(5))
+    # two ranks interleave the global stream exactly
+    r0, r1 = iter(InfiniteSampler(5, 3, rank=0, world_size=2)), iter(InfiniteSampler(5, 3, rank=1, world_size=2))
+    merged = [x for pair in zip([next(r0) for _ in range(6)], [next(r1) for _ in range(6)]) for x in pair]
+    assert merged == stream[:12]
+
+
+def test_data_check_reports_every_problem(tmp_path):
+    gta = make_gta5(tmp_path / "gta", n=4)
+    (gta / "images" / "00000.png").write_bytes(b"not a png")  # corrupt image
+    write_png(gta / "labels" / "00001.png", np.zeros((5, 5), np.uint8))  # wrong size
+    write_png(gta / "labels" / "00002.png", np.full((24, 40), 200, np.uint8))  # unknown ids
+    (gta / "labels" / "00003.png").unlink()  # missing label
+    cs = tmp_path / "cs"
+    (cs / "leftImg8bit" / "train").mkdir(parents=True)  # empty splits
+    cfg = load_config("demo", [f"data.source.kind=gta5", f"data.source.root={gta}",
+                               "data.target.kind=cityscapes", f"data.target.root={cs}"])
+    text, n = format_reports(check_datasets(cfg))
+    assert "cannot decode image" in text and "00000.png" in text
+    assert "is 5x5, its image 40x24" in text
+    assert "unknown ids [200]" in text
+    assert "label missing" in text and "00003.png" in text
+    assert "split 'train' is empty" in text
+    assert "folder" in text and "leftImg8bit/val" in text  # the val split folder is missing
+    assert n == 6
+
+
+def test_bad_files_raise_one_clear_error(tmp_path):
+    gta = make_gta5(tmp_path / "gta", n=3)
+    (gta / "images" / "00000.png").write_bytes(b"garbage")
+    write_png(gta / "labels" / "00001.png", np.zeros((5, 5), np.uint8))
+    write_png(gta / "labels" / "00002.png", np.full((24, 40), 99, np.uint8))
+    cfg = load_config("demo", ["data.source.kind=gta5", f"data.source.root={gta}"])
+    ds = build_dataset(cfg, "source", "train", train=False)
+    with pytest.raises(UserError, match="cannot decode image .*00000.png"):
+        ds[0]
+    with pytest.raises(UserError, match="label .*00001.png is 5x5 but its image is 40x24"):
+        ds[1]
+    with pytest.raises(UserError, match="unknown gta5 label ids \\[99\\]"):
+        ds[2]
+    empty = tmp_path / "empty"
+    (empty / "images").mkdir(parents=True)
+    cfg = load_config("demo", ["data.source.kind=gta5", f"data.source.root={empty}"])
+    with pytest.raises(UserError, match="split 'train' of gta5 .* is empty"):
+        build_dataset(cfg, "source", "train", train=True)
+
+
+def test_builtin_dataset_items(tiny):
+    cfg = load_config("demo", tiny)
+    src = build_dataset(cfg, "source", "train", train=True)
+    val = build_dataset(cfg, "target", "val", train=False)
+    assert len(src) == 8 and len(val) == 4
+    item = src[(0, 123)]
+    assert item["image"].dtype == torch.uint8 and item["image"].shape == (3, 32, 64)
+    assert item["label"].shape == (32, 64)
+    assert set(item["label"].unique().tolist()) <= set(range(19)) | {255}
