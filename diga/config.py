@@ -174,6 +174,44 @@ class WarmupConfig(Section):
     translator_path: Path | None = None  # weights of a learned translator
 
 
+class TranslatorConfig(Section):
+    """The learned source-to-target translator (METHOD stage 0, ``diga train translator``).
+
+    CycleGAN-style: generators G: S->T and F: T->S, PatchGAN discriminators with LSGAN losses,
+    cycle, perceptual and semantic-edge terms. The network sizes are small for a CPU; the
+    reference trains larger ones (gen_channels=64, gen_blocks=9) for 50k steps on a GPU.
+    """
+
+    steps: int = Field(50000, ge=1)  # the reference's 50k; the demo preset trains far fewer
+    batch_size: int = Field(2, ge=1)
+    crop: Size | None = None  # None: train.crop, the crops the warm-up translates
+    lr: float = Field(2e-4, gt=0)  # Adam, for the generators and the discriminators
+    betas: tuple[float, float] = (0.5, 0.999)
+    decay_start: float = Field(0.5, ge=0, lt=1)  # constant lr, then linear to 0 from this fraction
+    lambda_adv: float = Field(1.0, ge=0)  # LSGAN generator terms, both directions
+    lambda_cycle: float = Field(10.0, ge=0)  # L1 of F(G(x_s)) - x_s and G(F(x_t)) - x_t
+    # L1 of G(x_t) - x_t and F(x_s) - x_s. CycleGAN uses 0.5 * lambda_cycle to keep the colours of
+    # paintings; off here because the colour shift is the point, and the edge and perceptual
+    # terms keep the content.
+    lambda_identity: float = Field(0.0, ge=0)
+    lambda_perceptual: float = Field(1.0, ge=0)  # needs vgg_weights; left out (warning) without
+    lambda_edge: float = Field(10.0, ge=0)  # semantic-edge loss on source label boundaries
+    vgg_weights: Path | None = None  # torchvision VGG16 / VGG19 weights file (.safetensors / .pth)
+    gen_channels: int = Field(16, ge=1)  # width of the first generator layer (x2, x4 inside)
+    gen_blocks: int = Field(4, ge=0)  # residual blocks at 1/4 resolution
+    disc_channels: int = Field(32, ge=1)  # width of the first PatchGAN layer
+    log_every: int = Field(50, ge=1)
+    checkpoint_every: int = Field(1000, ge=1)
+    visual_every: int = Field(1000, ge=0)  # 0: no visual grids
+
+    @field_validator("betas")
+    @classmethod
+    def _adam_betas(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not all(0 <= b < 1 for b in v):
+            raise ValueError(f"Adam betas must lie in [0, 1), got {v}")
+        return v
+
+
 class SelftrainConfig(Section):
     init: Path | None = None  # the warm-up run to start from
     beta: float = Field(0.3, ge=0, le=1)
@@ -209,6 +247,10 @@ class ExportConfig(Section):
     trt_max_size: Size = (1024, 2048)
     trt_max_batch: int = Field(1, ge=1)
     trt_workspace_gb: float = Field(4.0, gt=0)
+    trt_timing_cache: Path | None = None  # None: <export dir>/trt_timing.cache, reused across builds
+    exporter: Literal["auto", "dynamo", "torchscript"] = "auto"  # auto: dynamo, TorchScript if it fails
+    min_agreement: float = Field(99.9, ge=0, le=100)  # fp32 ONNX vs PyTorch pixel agreement (%) required
+    eval_images: int | None = Field(None, ge=1)  # target-val images for the int8/fp16 mIoU; None: all
 
 
 class RunConfig(Section):
@@ -223,6 +265,7 @@ class Config(Section):
     train: TrainConfig = TrainConfig()
     method: MethodConfig = MethodConfig()
     warmup: WarmupConfig = WarmupConfig()
+    translator: TranslatorConfig = TranslatorConfig()
     selftrain: SelftrainConfig = SelftrainConfig()
     pseudo: PseudoConfig = PseudoConfig()
     eval: EvalConfig = EvalConfig()
@@ -275,7 +318,8 @@ def _check_keys(data: Any, model: type[BaseModel], prefix: str = "") -> None:
 def parse_overrides(overrides: list[str]) -> dict[str, Any]:
     """Turn ``["train.steps=100", "data.source.kind=gta5"]`` into a nested dict.
 
-    Values are read as YAML scalars (numbers, booleans, lists), never evaluated as code.
+    Values are read as YAML scalars (numbers, booleans, lists, ``null``), never evaluated as
+    code.
     """
     nested: dict[str, Any] = {}
     for item in overrides:
@@ -289,8 +333,6 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
             value = yaml.safe_load(raw) if raw.strip() else None
         except yaml.YAMLError:
             value = raw
-        if isinstance(value, str) and raw.strip().lower() in {"none", "null", "~"}:
-            value = None
         node = nested
         parts = key.split(".")
         for part in parts[:-1]:

@@ -254,7 +254,7 @@ def train_stage(cfg: Config, stage: str, run_dir: Path, resume: bool = False,
                 centroids = update_centroids(centroids, sums, counts, scfg.centroid_momentum,
                                              scfg.min_pixels)
 
-                y_cm = torch.where(cm_mask, y_s, p)
+                y_cm = mix(cm_mask, y_s, p)  # source label where pasted, selected pseudo-label elsewhere
                 ce_mix = segmentation_ce(z_s[two_b:], y_cm, ignore)
                 loss = loss + scfg.mix_weight * ce_mix
                 log.update(_pseudo_stats(p_t, p, true_t, ignore))

@@ -43,7 +43,8 @@ def run_config(run_dir: Path) -> Config:
 
     path = run_dir / "config.yaml"
     if not path.is_file():
-        raise UserError(f"{run_dir} has no config.yaml", "give a run directory made by 'diga train'")
+        raise UserError(f"nothing to resume in {run_dir} (no config.yaml)",
+                        "give the run directory of an earlier 'diga train', or drop --resume")
     return config_from_dict(yaml.safe_load(path.read_text()))
 
 
