@@ -113,3 +113,12 @@ def selftrain(
     results = run_selftrain(cfg, cfg.selftrain.init, run_dir, resume=resume, show_progress=not quiet)
     for r, result in enumerate(results, 1):
         _report(f"selftrain round {r}", result.run_dir, result.metrics)
+
+
+def _register_translator() -> None:
+    from diga.cli import translator
+
+    translator.register(app)
+
+
+_register_translator()  # after _config & co. are defined: the translator verb reuses them

@@ -1,0 +1,1 @@
+"""Benchmark harnesses behind `diga bench` (latency, mIoU, training throughput)."""
