@@ -9,8 +9,10 @@ hands each item a seed, so a resumed run sees exactly the batches an uninterrupt
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -94,15 +96,12 @@ class SegDataset(Dataset):
         self.with_labels = with_labels
         self.protocol = class_protocol(num_classes)
         if domain.kind == "builtin":
-            from diga.data.builtin import generate_scene
-
-            self._generate = generate_scene
             self.spec = builtin
             self.builtin_domain = domain.builtin_domain or (
                 "source" if key.endswith("source") else "target")
             n = builtin.count(self.builtin_domain, split)
-            self.samples: list[Sample] = [Sample(None, None, f"{self.builtin_domain}_{split}_{i:05d}.png")  # type: ignore[arg-type]
-                                          for i in range(n)]
+            self.samples = [Sample(Path(f"{self.builtin_domain}_{split}_{i:05d}.png"), None,
+                                   f"{self.builtin_domain}_{split}_{i:05d}.png") for i in range(n)]
         else:
             self.samples = find_samples(domain.kind, domain.root, split, f"{key}.root")
             self.decoder = LabelDecoder(domain.kind, self.protocol)
@@ -120,7 +119,7 @@ class SegDataset(Dataset):
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray | None]:
         """Image uint8 (H, W, 3) and train-id label (H, W) or None, before transforms."""
         if self.kind == "builtin":
-            image, label19 = self._generate(self.spec, self.builtin_domain, self.split, index)
+            image, label19 = _builtin_scene(self.spec, self.builtin_domain, self.split, index)
             return image, self.protocol.train19_to_train[label19]
         sample = self.samples[index]
         image = read_image(sample.image)
@@ -143,6 +142,23 @@ class SegDataset(Dataset):
             label = torch.from_numpy(np.ascontiguousarray(label_np))
         image, label = self.transform(image, label, seed)
         return {"image": image, "label": label, "index": index}
+
+
+@functools.lru_cache(maxsize=4096)
+def _builtin_scene(spec, domain: str, split: str, index: int) -> tuple[np.ndarray, np.ndarray]:
+    """Generated once per process: the stages of one process (the demo) share the scenes, and
+    DataLoader workers forked after ``warm_builtin_cache`` inherit them."""
+    from diga.data.builtin import generate_scene
+
+    return generate_scene(spec, domain, split, index)  # callers never write into these arrays
+
+
+def warm_builtin_cache(dataset: Dataset) -> None:
+    """Generate every scene of a built-in split in this process, before workers fork."""
+    base = getattr(dataset, "base", dataset)
+    if getattr(base, "kind", None) == "builtin":
+        for index in range(len(base)):
+            _builtin_scene(base.spec, base.builtin_domain, base.split, index)
 
 
 class InfiniteSampler(Sampler):
@@ -193,6 +209,8 @@ def build_dataset(cfg: Config, domain: str, split: str, train: bool) -> SegDatas
 def infinite_loader(dataset: SegDataset, batch_size: int, seed: int, start_step: int,
                     num_workers: int, rank: int = 0, world_size: int = 1) -> Iterator[dict]:
     """Batches forever, resumable at ``start_step``; ``batch_size`` is per rank."""
+    if num_workers > 0:
+        warm_builtin_cache(dataset)
     sampler = InfiniteSampler(len(dataset), seed, start=start_step * batch_size * world_size,
                               rank=rank, world_size=world_size)
     loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
@@ -203,6 +221,8 @@ def infinite_loader(dataset: SegDataset, batch_size: int, seed: int, start_step:
 
 def eval_loader(dataset: SegDataset, batch_size: int, num_workers: int,
                 indices: list[int] | None = None) -> DataLoader:
+    if num_workers > 0:
+        warm_builtin_cache(dataset)
     subset = torch.utils.data.Subset(dataset, indices) if indices is not None else dataset
     return DataLoader(subset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
 
