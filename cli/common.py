@@ -54,4 +54,6 @@ def check_output_dir(path: Path, resume: bool = False) -> None:
 
 
 def print_error(exc: Exception) -> None:
-    err_console.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False, soft_wrap=True)
+    from rich.markup import escape
+
+    err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)

@@ -180,3 +180,28 @@ def load_model(path: Path, device: torch.device | str = "cpu", prefer: str = "la
                         f"{str(exc).splitlines()[0][:160]}",
                         "the weights file was changed or belongs to another model") from None
     return model.to(device).eval(), cfg, ckpt
+
+
+def config_for_model(path: Path, overrides: list[str] | None = None):
+    """The config whose data a model is evaluated, calibrated or benchmarked on.
+
+    A run directory or checkpoint: its saved config. An ``.onnx`` / ``.engine`` file: the
+    config of the run it was exported from (``<run>/export/model.onnx`` -> ``<run>``), else the
+    ``demo`` preset. ``key=value`` overrides apply on top either way.
+    """
+    import yaml
+
+    from diga.config import build_config, deep_merge, load_config, parse_overrides
+
+    path = Path(path)
+    overrides = list(overrides or [])
+    if path.suffix.lower() in (".onnx", ".engine"):
+        for folder in (path.parent, path.parent.parent):
+            saved = folder / "config.yaml"
+            if saved.is_file():
+                base = yaml.safe_load(saved.read_text())
+                return build_config(deep_merge(base, parse_overrides(overrides)),
+                                    f"{saved} + overrides")
+        return load_config("demo", overrides)
+    base = resolve_checkpoint(path).config
+    return build_config(deep_merge(base, parse_overrides(overrides)), "checkpoint config + overrides")

@@ -253,6 +253,26 @@ class ExportConfig(Section):
     eval_images: int | None = Field(None, ge=1)  # target-val images for the int8/fp16 mIoU; None: all
 
 
+class BenchConfig(Section):
+    """``diga bench``: how long and on what each (model, backend) row is measured."""
+
+    warmup: int = Field(3, ge=0)  # untimed runs before every timed loop (allocations, compile)
+    time_budget_s: float = Field(3.0, gt=0)  # each timed loop runs about this long ...
+    min_iters: int = Field(5, ge=1)  # ... but at least this many times
+    max_iters: int = Field(10000, ge=1)  # ... and at most this many
+    batch_sizes: list[int] = [1]  # throughput (images/s) at each; latency is always at batch 1
+    input_size: Size | None = None  # None: the target val image size (export's default too)
+    max_images: int | None = Field(None, ge=1)  # first N target val images for mIoU; None: all
+    matmul_size: int = Field(1024, ge=64)  # n of the n x n float32 matmuls timed for the peak
+
+    @field_validator("batch_sizes")
+    @classmethod
+    def _positive_batches(cls, v: list[int]) -> list[int]:
+        if not v or any(b < 1 for b in v):
+            raise ValueError(f"need one or more batch sizes >= 1, got {v}")
+        return v
+
+
 class RunConfig(Section):
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -270,6 +290,7 @@ class Config(Section):
     pseudo: PseudoConfig = PseudoConfig()
     eval: EvalConfig = EvalConfig()
     export: ExportConfig = ExportConfig()
+    bench: BenchConfig = BenchConfig()
 
     @property
     def num_classes(self) -> int:

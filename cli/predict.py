@@ -1,0 +1,206 @@
+"""``diga predict``: label maps, colour masks and overlays for images and folders."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+import typer
+from diga.cli.common import console, err_console
+from PIL import Image, UnidentifiedImageError
+from rich.markup import escape
+
+from diga.errors import UserError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
+
+
+class TorchSegmenter:
+    """A run directory or checkpoint through PyTorch, with the ``Segmenter`` call signature."""
+
+    def __init__(self, path: Path, backend: str) -> None:
+        import torch
+
+        from diga.checkpoint import load_model
+        from diga.data.classes import class_protocol
+
+        if backend == "tensorrt":
+            raise UserError("backend 'tensorrt' runs .onnx and .engine files, not checkpoints",
+                            "export first (diga export RUN --trt), or use --backend auto|cpu|cuda")
+        if backend == "cuda" and not torch.cuda.is_available():
+            raise UserError("backend 'cuda' needs a CUDA GPU, and PyTorch sees none here",
+                            "use --backend cpu (or auto)")
+        self.device = torch.device("cuda" if backend != "cpu" and torch.cuda.is_available() else "cpu")
+        self.model, self.cfg, ckpt = load_model(path, self.device)
+        self.palette = class_protocol(self.cfg.num_classes).palette
+        self.label = (f"{ckpt.folder} ({self.cfg.model.name}, {ckpt.meta.get('stage')} step "
+                      f"{ckpt.step}): PyTorch on {self.device}")
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        import torch
+
+        from diga.train.evaluate import predict_logits
+
+        x = torch.from_numpy(image.copy()).permute(2, 0, 1)[None].to(self.device)  # (1, 3, H, W) uint8
+        logits = predict_logits(self.model, x, image.shape[:2], self.cfg.data.mean,
+                                self.cfg.data.std, tuple(self.cfg.eval.scales), self.cfg.eval.flip)
+        return logits.argmax(1)[0].to(torch.uint8).cpu().numpy()
+
+
+def _load_predictor(model: Path, backend: str) -> tuple[Any, np.ndarray, str]:
+    """(callable image -> labels, palette, one line saying what runs where)."""
+    from diga.runtime import Segmenter
+
+    if model.suffix.lower() in (".onnx", ".engine", ".plan", ".trt"):
+        seg = Segmenter(model, backend)
+        return seg, seg.info.palette, seg.describe()
+    torch_seg = TorchSegmenter(model, backend)
+    return torch_seg, torch_seg.palette, torch_seg.label
+
+
+def collect_inputs(inputs: list[Path]) -> tuple[list[tuple[Path, Path]], list[str]]:
+    """(image path, output stem relative to --out) pairs, and notes on what was skipped."""
+    found: list[tuple[Path, Path]] = []
+    notes: list[str] = []
+    for item in inputs:
+        if not item.exists():
+            raise UserError(f"input not found: {item}", "give image files or folders of images")
+        if item.is_dir():
+            images = sorted(p for p in item.rglob("*")
+                            if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            videos = sorted(p for p in item.rglob("*") if p.suffix.lower() in VIDEO_SUFFIXES)
+            found += [(p, p.relative_to(item).with_suffix("")) for p in images]
+            if not images and not videos:
+                notes.append(f"no images in folder {item}")
+        else:
+            videos = [item] if item.suffix.lower() in VIDEO_SUFFIXES else []
+            if not videos:
+                found.append((item, Path(item.stem)))
+        for video in videos:
+            notes.append(f"skipped video {video}: reading video needs a video reader (imageio or "
+                         "PyAV), and none is installed; extract its frames as images instead")
+    seen: dict[Path, Path] = {}
+    for path, stem in found:
+        if stem in seen:
+            raise UserError(f"two inputs would write the same outputs: {seen[stem]} and {path}",
+                            "predict them into different --out folders")
+        seen[stem] = path
+    return found, notes
+
+
+def _open_error(path: Path, exc: Exception) -> UserError:
+    return UserError(f"cannot decode image {path} ({type(exc).__name__})",
+                     "the file is corrupt or not an image; replace or remove it")
+
+
+def check_image(path: Path) -> None:
+    """Read only the header: empty, unreadable and zero-size files fail before any work."""
+    if path.stat().st_size == 0:
+        raise UserError(f"cannot decode image {path}: the file is empty (0 bytes)",
+                        "replace or remove the file")
+    try:
+        with Image.open(path) as im:
+            width, height = im.size
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise _open_error(path, exc) from None
+    if width == 0 or height == 0:
+        raise UserError(f"image {path} is empty ({width}x{height} pixels)", "replace or remove it")
+
+
+def read_rgb(path: Path) -> np.ndarray:
+    """RGB uint8 (H, W, 3) from an image file; one clear error naming the file otherwise."""
+    from diga.runtime import to_rgb_uint8
+
+    check_image(path)
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return to_rgb_uint8(im, name=f"image {path}")
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise _open_error(path, exc) from None
+
+
+def _save_png(path: Path, array: np.ndarray) -> None:
+    from diga.io import atomic_write
+
+    atomic_write(path, lambda tmp: Image.fromarray(array).save(tmp, format="PNG"))
+
+
+def predict_command(
+    model: Annotated[Path, typer.Argument(help="A run directory, checkpoint folder, .onnx or "
+                                          ".engine.", show_default=False)],
+    inputs: Annotated[list[Path], typer.Argument(help="Images and folders of images.",
+                                                 show_default=False)],
+    out: Annotated[Path, typer.Option("--out", help="Folder for the outputs.", show_default=False)],
+    backend: Annotated[str, typer.Option("--backend", help="auto, cpu, cuda or tensorrt.")] = "auto",
+    alpha: Annotated[float, typer.Option("--alpha", min=0.0, max=1.0,
+                                         help="Opacity of the colour mask in overlays.")] = 0.5,
+) -> None:
+    """Segment images: label, colour and overlay PNGs for each.
+
+    Writes <stem>_label.png (train ids), <stem>_color.png and
+    <stem>_overlay.png. Folders are searched recursively; their structure is
+    kept under --out. An .onnx or .engine runs through the torch-free
+    runtime, a run directory or checkpoint through PyTorch.
+
+    Example: diga predict runs/x/export/model.onnx street.jpg frames/ --out preds
+    """
+    import warnings
+
+    from diga.runtime import RuntimeFallbackWarning, check_backend, colorize, overlay
+
+    check_backend(backend)
+    images, notes = collect_inputs(inputs)
+    for note in notes:
+        err_console.print(f"[yellow]note:[/] {escape(note)}", highlight=False, soft_wrap=True)
+    if not images:
+        raise UserError("no images to predict", f"give image files ({', '.join(IMAGE_SUFFIXES)}) "
+                        "or folders holding them")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"output path {out} is a file", "choose a folder with --out")
+    for path, _ in images:
+        check_image(path)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", RuntimeFallbackWarning)
+        predictor, palette, label = _load_predictor(model, backend)
+    for w in caught:
+        if issubclass(w.category, RuntimeFallbackWarning):
+            err_console.print(f"[yellow]warning:[/] {escape(str(w.message))}", highlight=False, soft_wrap=True)
+    console.print(f"model: {label}", highlight=False)
+
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    columns = (TextColumn("[bold]predict[/]"), BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
+               TextColumn("{task.fields[name]}"))
+    try:
+        with Progress(*columns, console=console, transient=True) as bar:
+            task = bar.add_task("predict", total=len(images), name="")
+            for path, stem in images:
+                bar.update(task, name=path.name)
+                rgb = read_rgb(path)
+                labels = predictor(rgb)
+                base = out / stem
+                _save_png(base.with_name(f"{base.name}_label.png"), labels)
+                _save_png(base.with_name(f"{base.name}_color.png"), colorize(labels, palette))
+                _save_png(base.with_name(f"{base.name}_overlay.png"),
+                          overlay(rgb, labels, palette, alpha))
+                bar.advance(task)
+    finally:
+        if hasattr(predictor, "close"):
+            predictor.close()
+    console.print(f"wrote {3 * len(images)} files for {len(images)} image"
+                  f"{'s' if len(images) != 1 else ''} to {out}", highlight=False)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("predict")(predict_command)

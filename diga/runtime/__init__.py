@@ -1,0 +1,35 @@
+"""The torch-free runtime: run an exported model (.onnx / .engine) on images.
+
+    from diga.runtime import Segmenter, colorize
+    seg = Segmenter("model.onnx")
+    labels = seg(image)                      # RGB uint8 (H, W, 3) or PIL -> (H, W) uint8
+    color = colorize(labels, seg.info.palette)
+
+Imports numpy, Pillow and onnxruntime (TensorRT and pycuda / cuda-python only for engines),
+never torch: ``tests/test_runtime.py`` proves it in a subprocess.
+"""
+
+from diga.runtime.metadata import ModelInfo
+from diga.runtime.preprocess import prepare_batch, to_rgb_uint8
+from diga.runtime.segmenter import (
+    BACKENDS,
+    RuntimeFallbackWarning,
+    Segmenter,
+    check_backend,
+    colorize,
+    engine_sidecar,
+    overlay,
+)
+
+__all__ = [
+    "BACKENDS",
+    "ModelInfo",
+    "RuntimeFallbackWarning",
+    "Segmenter",
+    "check_backend",
+    "colorize",
+    "engine_sidecar",
+    "overlay",
+    "prepare_batch",
+    "to_rgb_uint8",
+]

@@ -1,0 +1,115 @@
+"""What an exported model says about itself: classes, colours, preprocessing, provenance.
+
+``diga export`` writes this into the ONNX file's ``metadata_props`` (one string per key, JSON
+where the value is structured) and into a JSON side-car next to a TensorRT engine. The runtime
+reads it back, so an app needs nothing but the model file. numpy only: no torch.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from diga.errors import UserError
+
+METADATA_FORMAT = "diga-segmentation/1"
+INPUT_KINDS = ("float", "uint8")  # float: normalised NCHW float32; uint8: raw RGB, normalised in-graph
+OUTPUT_KINDS = ("logits", "labels")  # logits: (B, C, H, W) float; labels: (B, H, W) uint8 train ids
+LAYOUTS = ("NCHW", "NHWC")
+PRECISIONS = ("fp32", "fp16", "int8")
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """The metadata of an exported segmentation model.
+
+    ``input_size`` is the (H, W) the model was exported (and calibrated) at; a static model
+    takes only that size, a dynamic one takes any.
+    """
+
+    class_names: tuple[str, ...]
+    palette: np.ndarray  # (C, 3) uint8
+    mean: tuple[float, float, float]  # of [0, 1] RGB images
+    std: tuple[float, float, float]
+    input_kind: str = "float"
+    output_kind: str = "logits"
+    layout: str = "NCHW"
+    channel_order: str = "RGB"
+    input_size: tuple[int, int] | None = None
+    dynamic: bool = True
+    precision: str = "fp32"
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        palette = np.asarray(self.palette, dtype=np.uint8).reshape(-1, 3)
+        object.__setattr__(self, "palette", palette)
+        object.__setattr__(self, "class_names", tuple(self.class_names))
+        for name, value, allowed in (("input_kind", self.input_kind, INPUT_KINDS),
+                                     ("output_kind", self.output_kind, OUTPUT_KINDS),
+                                     ("layout", self.layout, LAYOUTS),
+                                     ("precision", self.precision, PRECISIONS)):
+            if value not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+        if len(palette) != len(self.class_names):
+            raise ValueError(f"{len(self.class_names)} class names but {len(palette)} colours")
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def replace(self, **changes: Any) -> ModelInfo:
+        values = {k: getattr(self, k) for k in self.__dataclass_fields__}
+        values.update(changes)
+        return ModelInfo(**values)
+
+    def to_props(self) -> dict[str, str]:
+        """String key/value pairs for ONNX ``metadata_props`` (and the engine side-car)."""
+        size = f"{self.input_size[0]}x{self.input_size[1]}" if self.input_size else ""
+        return {
+            "format": METADATA_FORMAT,
+            "class_names": json.dumps(list(self.class_names)),
+            "palette": json.dumps(self.palette.tolist()),
+            "mean": json.dumps(list(self.mean)),
+            "std": json.dumps(list(self.std)),
+            "channel_order": self.channel_order,
+            "layout": self.layout,
+            "input_kind": self.input_kind,
+            "output_kind": self.output_kind,
+            "input_size": size,
+            "dynamic": json.dumps(self.dynamic),
+            "precision": self.precision,
+            "provenance": json.dumps(self.provenance, sort_keys=True),
+        }
+
+    @classmethod
+    def from_props(cls, props: dict[str, str], where: str) -> ModelInfo:
+        """Read what ``to_props`` wrote.
+
+        Raises:
+            UserError: the model has no diga metadata, or it is damaged.
+        """
+        if props.get("format") != METADATA_FORMAT:
+            raise UserError(f"{where} carries no diga metadata (class names, mean/std, layout)",
+                            "export the model with 'diga export', which embeds them")
+        try:
+            size = props.get("input_size", "")
+            return cls(
+                class_names=tuple(json.loads(props["class_names"])),
+                palette=np.array(json.loads(props["palette"]), dtype=np.uint8),
+                mean=tuple(float(v) for v in json.loads(props["mean"])),  # type: ignore[arg-type]
+                std=tuple(float(v) for v in json.loads(props["std"])),  # type: ignore[arg-type]
+                input_kind=props["input_kind"],
+                output_kind=props["output_kind"],
+                layout=props["layout"],
+                channel_order=props.get("channel_order", "RGB"),
+                input_size=tuple(int(v) for v in size.split("x")) if size else None,  # type: ignore[arg-type]
+                dynamic=bool(json.loads(props.get("dynamic", "true"))),
+                precision=props.get("precision", "fp32"),
+                provenance=json.loads(props.get("provenance", "{}")),
+            )
+        except (KeyError, ValueError, TypeError) as exc:
+            raise UserError(f"the diga metadata in {where} is damaged ({type(exc).__name__}: {exc})",
+                            "export the model again with 'diga export'") from None

@@ -1,0 +1,122 @@
+"""Preprocessing shared by INT8 calibration and inference: numpy and Pillow, no torch.
+
+Calibration reads its images through these functions too, so the INT8 ranges are measured on
+exactly the tensors the deployed model will see.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from diga.errors import UserError
+from diga.runtime.metadata import ModelInfo
+
+
+def to_rgb_uint8(image: Any, name: str = "image") -> np.ndarray:
+    """An RGB uint8 (H, W, 3) array from a PIL image or a uint8 array.
+
+    Accepts (H, W) grayscale, (H, W, 1), (H, W, 3) RGB and (H, W, 4) RGBA arrays and PIL images
+    of any mode (converted to RGB).
+
+    Raises:
+        UserError: an empty image, or an array that is not a uint8 image.
+    """
+    if isinstance(image, Image.Image):
+        if image.width == 0 or image.height == 0:
+            raise UserError(f"{name} is empty ({image.width}x{image.height} pixels)",
+                            "give an image with at least one pixel")
+        return np.asarray(image.convert("RGB"))
+    if not isinstance(image, np.ndarray):
+        raise UserError(f"{name} is a {type(image).__name__}, not an image",
+                        "give an RGB uint8 numpy array (H, W, 3) or a PIL image")
+    if image.size == 0:
+        raise UserError(f"{name} is empty (shape {tuple(image.shape)})",
+                        "give an image with at least one pixel")
+    if image.dtype != np.uint8:
+        raise UserError(f"{name} has dtype {image.dtype}, expected uint8 (0..255)",
+                        "convert it, e.g. (img * 255).round().astype(np.uint8) for [0, 1] floats")
+    if image.ndim == 2:
+        image = image[..., None]
+    if image.ndim != 3 or image.shape[2] not in (1, 3, 4):
+        raise UserError(f"{name} has shape {tuple(image.shape)}, expected (H, W), (H, W, 3) or "
+                        "(H, W, 4)", "channels go last (HWC), in RGB order")
+    if image.shape[2] == 1:
+        image = np.repeat(image, 3, axis=2)
+    elif image.shape[2] == 4:
+        image = image[..., :3]  # RGBA: drop alpha, as PIL's convert("RGB") does
+    return np.ascontiguousarray(image)
+
+
+def resize_rgb(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Bilinear resize of an RGB uint8 (H, W, 3) image to ``size`` (H, W)."""
+    if image.shape[:2] == tuple(size):
+        return image
+    resized = Image.fromarray(image).resize((size[1], size[0]), Image.Resampling.BILINEAR)
+    return np.asarray(resized)
+
+
+def resize_labels(labels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Nearest-neighbour resize of a uint8 (H, W) label map (ids must stay ids)."""
+    if labels.shape == tuple(size):
+        return labels
+    return np.asarray(Image.fromarray(labels).resize((size[1], size[0]), Image.Resampling.NEAREST))
+
+
+def resize_logits(logits: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Bilinear resize of (C, h, w) float logits to (C, H, W), one float image per class."""
+    if logits.shape[1:] == tuple(size):
+        return logits
+    return np.stack([
+        np.asarray(Image.fromarray(np.ascontiguousarray(channel, dtype=np.float32))
+                   .resize((size[1], size[0]), Image.Resampling.BILINEAR))
+        for channel in logits
+    ])
+
+
+def normalize(images: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
+    """uint8 (B, H, W, 3) -> float32 (B, 3, H, W): ``(x / 255 - mean) / std``."""
+    x = images.astype(np.float32).transpose(0, 3, 1, 2) / np.float32(255.0)  # (B, 3, H, W)
+    m = np.asarray(mean, np.float32).reshape(1, 3, 1, 1)
+    s = np.asarray(std, np.float32).reshape(1, 3, 1, 1)
+    return np.ascontiguousarray((x - m) / s)
+
+
+def model_input_size(info: ModelInfo, image_size: tuple[int, int]) -> tuple[int, int]:
+    """The (H, W) an image of ``image_size`` is run at: its own, or the static model's."""
+    if not info.dynamic and info.input_size is not None:
+        return info.input_size
+    return image_size
+
+
+def prepare_batch(images: Sequence[np.ndarray], info: ModelInfo) -> np.ndarray:
+    """RGB uint8 (H, W, 3) images of one size -> the model's input tensor.
+
+    float models take normalised float32 (B, 3, H, W); uint8 models (preprocessing baked into
+    the graph) take the raw pixels in the model's layout.
+    """
+    batch = np.stack([np.asarray(img, np.uint8) for img in images])  # (B, H, W, 3)
+    if info.input_kind == "float":
+        return normalize(batch, info.mean, info.std)
+    if info.layout == "NCHW":
+        return np.ascontiguousarray(batch.transpose(0, 3, 1, 2))
+    return np.ascontiguousarray(batch)
+
+
+def labels_from_output(output: np.ndarray, info: ModelInfo,
+                       out_size: tuple[int, int] | None = None) -> np.ndarray:
+    """One image's model output -> uint8 (H, W) train-id label map at ``out_size``.
+
+    ``output`` is (C, h, w) logits or an (h, w) label map. Logits are resized bilinearly before
+    the argmax (sharper borders than resizing labels); label maps by nearest neighbour.
+    """
+    if info.output_kind == "logits":
+        logits = output.astype(np.float32, copy=False)
+        if out_size is not None:
+            logits = resize_logits(logits, out_size)
+        return logits.argmax(0).astype(np.uint8)
+    labels = output.astype(np.uint8, copy=False)
+    return resize_labels(labels, out_size) if out_size is not None else labels

@@ -1,0 +1,244 @@
+"""``Segmenter``: an exported model (.onnx or .engine) behind one call, image in, labels out.
+
+    seg = Segmenter("runs/demo/export/model.onnx")        # backend="auto"
+    labels = seg(rgb_uint8_array_or_pil_image)            # (H, W) uint8 train ids
+    color = colorize(labels, seg.info.palette)
+
+``.onnx`` runs through onnxruntime (CPU, CUDA or TensorRT execution provider), ``.engine``
+through TensorRT. The metadata inside the model gives the preprocessing, class names and
+palette. No torch: an app needs numpy, Pillow and onnxruntime (or TensorRT) alone.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from diga.errors import UserError
+from diga.runtime.metadata import ModelInfo
+from diga.runtime.preprocess import (
+    labels_from_output,
+    model_input_size,
+    prepare_batch,
+    resize_rgb,
+    to_rgb_uint8,
+)
+
+BACKENDS = ("auto", "cpu", "cuda", "tensorrt")
+CPU, CUDA, TRT = "CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider"
+PROVIDER_BACKEND = {CPU: "cpu", CUDA: "cuda", TRT: "tensorrt"}
+
+
+class RuntimeFallbackWarning(UserWarning):
+    """``backend="auto"`` could not get the accelerator it tried and fell back."""
+
+
+def check_backend(backend: str) -> str:
+    """Validate a backend name (one clear error with a did-you-mean)."""
+    if backend not in BACKENDS:
+        close = difflib.get_close_matches(backend, BACKENDS, n=1)
+        hint = f"did you mean '{close[0]}'?" if close else f"choose one of: {', '.join(BACKENDS)}"
+        raise UserError(f"unknown backend '{backend}'", hint)
+    return backend
+
+
+def engine_sidecar(path: Path) -> Path:
+    """Where an engine's metadata lives: ``model.fp16.engine`` -> ``model.fp16.engine.json``."""
+    return Path(f"{path}.json")
+
+
+class _OrtModel:
+    """An onnxruntime session that knows which execution provider it really got."""
+
+    def __init__(self, path: Path, backend: str, precision: str = "fp32") -> None:
+        import onnxruntime as ort
+
+        available = ort.get_available_providers()
+        wanted = {"cpu": [CPU], "cuda": [CUDA, CPU], "tensorrt": [TRT, CUDA, CPU]}.get(backend)
+        if backend == "auto":
+            wanted = [CUDA, CPU] if CUDA in available else [CPU]
+        elif wanted[0] not in available:
+            raise UserError(
+                f"backend '{backend}' needs onnxruntime's {wanted[0]}, which this onnxruntime "
+                f"{ort.__version__} lacks (it has {', '.join(available)})",
+                "pip install onnxruntime-gpu on a machine with an NVIDIA GPU, or use --backend cpu")
+        providers: list[Any] = list(wanted)
+        if providers[0] == TRT:
+            # engines are cached next to the model: the first run builds, later runs load
+            cache = str(path.parent / ".ort_trt_cache")
+            # and TensorRT runs at the model's own precision (int8: the QDQ scales, no calibration)
+            providers[0] = (TRT, {"trt_engine_cache_enable": True, "trt_engine_cache_path": cache,
+                                  "trt_fp16_enable": precision in ("fp16", "int8"),
+                                  "trt_int8_enable": precision == "int8"})
+        options = ort.SessionOptions()
+        options.log_severity_level = 3  # errors only: provider fallbacks are reported below
+        try:
+            self.session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
+        except Exception as exc:  # onnxruntime's InvalidProtobuf / Fail / InvalidGraph / NotImplemented
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            raise UserError(f"cannot load ONNX model {path}: {first}",
+                            "is it a complete ONNX file? export it again with 'diga export'") from None
+        self.providers = self.session.get_providers()
+        self.provider = self.providers[0]
+        if self.provider != wanted[0]:
+            what = (f"asked onnxruntime for {wanted[0]} but the session got {self.provider} "
+                    "(no usable GPU, or CUDA/cuDNN libraries missing)")
+            if backend != "auto":
+                raise UserError(what, "check the GPU driver and CUDA libraries, or use --backend cpu")
+            warnings.warn(f"{what}; running on {self.provider}", RuntimeFallbackWarning, stacklevel=3)
+        self.backend = PROVIDER_BACKEND.get(self.provider, self.provider)
+        self.input_name = self.session.get_inputs()[0].name
+        self.output_name = self.session.get_outputs()[0].name
+        batch_dim = self.session.get_inputs()[0].shape[0]
+        self.max_batch: int | None = batch_dim if isinstance(batch_dim, int) else None
+        self.props = dict(self.session.get_modelmeta().custom_metadata_map)
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        return self.session.run([self.output_name], {self.input_name: batch})[0]
+
+    def close(self) -> None:
+        self.session = None
+
+
+def _onnx_precision(path: Path) -> str:
+    """The precision in an ONNX file's diga metadata, read before a session exists."""
+    import onnx
+
+    try:
+        props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+    except Exception:  # a damaged file: the session below says so in its own words
+        return "fp32"
+    return props.get("precision", "fp32")
+
+
+class Segmenter:
+    """A semantic segmentation model file behind one call.
+
+    Args:
+        path: an ``.onnx`` (onnxruntime) or ``.engine`` (TensorRT) written by ``diga export``.
+        backend: ``auto`` (CUDA when onnxruntime has it, else CPU; a warning if a GPU provider
+            was tried and not obtained), ``cpu``, ``cuda`` or ``tensorrt`` (onnxruntime's
+            TensorRT provider for ``.onnx``; ``.engine`` files always run on TensorRT).
+    """
+
+    def __init__(self, path: str | Path, backend: str = "auto") -> None:
+        self.path = Path(path)
+        check_backend(backend)
+        if not self.path.is_file():
+            raise UserError(f"model not found: {self.path}", "give an .onnx or .engine file "
+                            "written by 'diga export'")
+        suffix = self.path.suffix.lower()
+        if suffix == ".onnx":
+            precision = _onnx_precision(self.path) if backend == "tensorrt" else "fp32"
+            self._model: Any = _OrtModel(self.path, backend, precision)
+            self.backend, self.provider = self._model.backend, self._model.provider
+            self.info = ModelInfo.from_props(self._model.props, str(self.path))
+        elif suffix in (".engine", ".plan", ".trt"):
+            if backend in ("cpu", "cuda"):
+                raise UserError(f"a TensorRT engine runs on TensorRT, not on backend '{backend}'",
+                                "use --backend tensorrt (or auto), or the .onnx model for CPU/CUDA")
+            self.info = self._read_sidecar()
+            from diga.runtime.tensorrt_engine import TensorRTEngine
+
+            self._model = TensorRTEngine(self.path)
+            self.backend, self.provider = "tensorrt", "TensorRT"
+        else:
+            raise UserError(f"cannot run {self.path.name}: unknown model file type '{suffix}'",
+                            "give an .onnx or .engine file (a run directory or checkpoint runs "
+                            "through 'diga predict' / 'diga eval' with PyTorch)")
+
+    def _read_sidecar(self) -> ModelInfo:
+        sidecar = engine_sidecar(self.path)
+        if not sidecar.is_file():
+            raise UserError(f"engine {self.path} has no metadata side-car {sidecar.name}",
+                            "keep the .json that 'diga export --trt' writes next to the engine")
+        try:
+            data = json.loads(sidecar.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise UserError(f"engine metadata {sidecar} is not valid JSON",
+                            "rebuild the engine with 'diga export --trt'") from None
+        return ModelInfo.from_props(data.get("metadata", {}), str(sidecar))
+
+    def describe(self) -> str:
+        """One line: file, backend / provider, precision, input and output kinds."""
+        size = "dynamic" if self.info.dynamic else "x".join(map(str, self.info.input_size or ()))
+        return (f"{self.path.name}: {self.provider} ({self.backend}), {self.info.precision}, "
+                f"input {self.info.input_kind} {self.info.layout} {size}, "
+                f"output {self.info.output_kind}, {self.info.num_classes} classes")
+
+    def prepare(self, images: Sequence[Any]) -> tuple[np.ndarray, list[tuple[int, int]]]:
+        """Images of one run size -> (input batch, original sizes)."""
+        rgbs = [to_rgb_uint8(img) for img in images]
+        sizes = [img.shape[:2] for img in rgbs]
+        run_sizes = {model_input_size(self.info, s) for s in sizes}
+        if len(run_sizes) != 1:
+            raise ValueError("prepare() needs images of one size; predict_batch groups them")
+        run_size = run_sizes.pop()
+        return prepare_batch([resize_rgb(img, run_size) for img in rgbs], self.info), sizes
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        """The raw model output for a prepared batch: (B, C, H, W) logits or (B, H, W) labels."""
+        return self._model.run(batch)
+
+    def __call__(self, image: Any, out_size: tuple[int, int] | None = None) -> np.ndarray:
+        """Label map uint8 (H, W) of train ids, at the image's size (or ``out_size``)."""
+        return self.predict_batch([image], out_size)[0]
+
+    def predict_batch(self, images: Sequence[Any], out_size: tuple[int, int] | None = None,
+                      max_batch: int = 8) -> list[np.ndarray]:
+        """Label maps for many images; images that run at the same size share a batch."""
+        rgbs = [to_rgb_uint8(img, name=f"image {i}" if len(images) > 1 else "image")
+                for i, img in enumerate(images)]
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i, img in enumerate(rgbs):
+            groups.setdefault(model_input_size(self.info, img.shape[:2]), []).append(i)
+        results: list[np.ndarray | None] = [None] * len(rgbs)
+        step = min(max_batch, self._model.max_batch or max_batch)  # a static batch caps it
+        for run_size, members in groups.items():
+            for start in range(0, len(members), step):
+                chunk = members[start:start + step]
+                batch = prepare_batch([resize_rgb(rgbs[i], run_size) for i in chunk], self.info)
+                outputs = self.run(batch)
+                for i, output in zip(chunk, outputs, strict=True):
+                    size = out_size or rgbs[i].shape[:2]
+                    results[i] = labels_from_output(output, self.info,
+                                                    None if tuple(size) == run_size else size)
+        return results  # type: ignore[return-value]
+
+    def colorize(self, labels: np.ndarray) -> np.ndarray:
+        return colorize(labels, self.info.palette)
+
+    def close(self) -> None:
+        """Release the session or the engine's device memory."""
+        if self._model is not None:
+            self._model.close()
+            self._model = None
+
+    def __enter__(self) -> Segmenter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def colorize(labels: np.ndarray, palette: np.ndarray) -> np.ndarray:
+    """uint8 (H, W) train ids -> RGB uint8 (H, W, 3); ignored / unknown ids are black."""
+    lut = np.zeros((256, 3), np.uint8)
+    palette = np.asarray(palette, np.uint8).reshape(-1, 3)[:255]
+    lut[: len(palette)] = palette
+    return lut[np.asarray(labels, np.uint8)]
+
+
+def overlay(image: Any, labels: np.ndarray, palette: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    """The colour mask blended over the RGB image: ``(1 - alpha) * image + alpha * colour``."""
+    rgb = to_rgb_uint8(image)
+    if rgb.shape[:2] != labels.shape:
+        raise ValueError(f"image {rgb.shape[:2]} and labels {labels.shape} differ in size")
+    blended = (1.0 - alpha) * rgb.astype(np.float32) + alpha * colorize(labels, palette)
+    return blended.round().astype(np.uint8)

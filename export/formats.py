@@ -1,0 +1,116 @@
+"""The one table of model formats and the backends that run them.
+
+``diga export`` checks its flags against it and names its files from it; ``diga bench`` makes
+its rows from it (one per model file and backend that can run it), so the two never disagree.
+Pure Python: importing it loads neither torch nor onnxruntime.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from diga.errors import UserError
+
+
+@dataclass(frozen=True)
+class Backend:
+    """Something that runs a model: PyTorch, an onnxruntime execution provider, TensorRT."""
+
+    name: str  # as ``diga bench --backend`` spells it
+    runtime: str  # ``Segmenter(backend=...)`` for ONNX / engines, "torch" for checkpoints
+    needs_gpu: bool
+    description: str
+
+
+BACKENDS: dict[str, Backend] = {b.name: b for b in (
+    Backend("torch", "torch", False, "PyTorch (the reference)"),
+    Backend("ort-cpu", "cpu", False, "onnxruntime, CPUExecutionProvider"),
+    Backend("ort-cuda", "cuda", True, "onnxruntime, CUDAExecutionProvider"),
+    Backend("ort-trt", "tensorrt", True, "onnxruntime, TensorrtExecutionProvider"),
+    Backend("trt", "tensorrt", True, "TensorRT engine"),
+)}
+
+
+@dataclass(frozen=True)
+class ExportFormat:
+    """One kind of model file.
+
+    ``source`` is the format it is made from; ``needs_gpu`` is true where making it does
+    (TensorRT builds for the GPU it runs on).
+    """
+
+    name: str
+    file: str  # the file name diga export writes ("" for a checkpoint folder)
+    suffix: str
+    precision: str  # fp32 | fp16 | int8
+    backends: tuple[str, ...]  # keys of BACKENDS that can run it
+    needs_gpu: bool
+    source: str | None
+    description: str
+
+
+FORMATS: dict[str, ExportFormat] = {f.name: f for f in (
+    ExportFormat("torch", "", "", "fp32", ("torch",), False, None,
+                 "PyTorch checkpoint (safetensors)"),
+    ExportFormat("onnx", "model.onnx", ".onnx", "fp32", ("ort-cpu", "ort-cuda", "ort-trt"), False,
+                 None, "ONNX, float32"),
+    ExportFormat("onnx-fp16", "model.fp16.onnx", ".onnx", "fp16", ("ort-cpu", "ort-cuda", "ort-trt"),
+                 False, "onnx", "ONNX, float16 weights and activations, float32 I/O (for GPUs)"),
+    ExportFormat("onnx-int8", "model.int8.onnx", ".onnx", "int8", ("ort-cpu", "ort-cuda", "ort-trt"),
+                 False, "onnx", "ONNX with QDQ int8, calibrated on target-domain images"),
+    ExportFormat("trt-fp16", "model.fp16.engine", ".engine", "fp16", ("trt",), True, "onnx",
+                 "TensorRT engine, fp16 kernels allowed"),
+    ExportFormat("trt-int8", "model.int8.engine", ".engine", "int8", ("trt",), True, "onnx-int8",
+                 "TensorRT engine, explicit int8 from the QDQ model"),
+)}
+
+
+def get_format(name: str) -> ExportFormat:
+    if name not in FORMATS:
+        raise UserError(f"unknown model format '{name}'", f"choose one of: {', '.join(FORMATS)}")
+    return FORMATS[name]
+
+
+def formats_for_flags(onnx: bool = False, fp16: bool = False, int8: bool = False,
+                      trt: bool = False) -> list[ExportFormat]:
+    """The formats ``diga export`` writes for its flags, each after the one it is made from.
+
+    The float ONNX is always written (everything else starts from it). ``--trt`` builds an
+    engine per requested precision (``--fp16``, ``--int8``); fp16 when it names none.
+    """
+    names = ["onnx"]
+    if fp16:
+        names.append("onnx-fp16")
+    if int8:
+        names.append("onnx-int8")
+    if trt:
+        if fp16 or not int8:
+            names.append("trt-fp16")
+        if int8:
+            names.append("trt-int8")
+    return [FORMATS[n] for n in names]
+
+
+def format_of_file(path: Path) -> ExportFormat:
+    """The format of a model path: a checkpoint / run folder, or a file named as export names it.
+
+    An ``.onnx`` / ``.engine`` with another name is taken at the precision its name says
+    (``*.int8.*``, ``*.fp16.*``), else float32 ONNX / fp16 engine.
+    """
+    path = Path(path)
+    if path.is_dir():
+        return FORMATS["torch"]
+    suffix = path.suffix.lower()
+    precision = next((p for p in ("int8", "fp16") if f".{p}." in path.name.lower()), "fp32")
+    if suffix == ".onnx":
+        return FORMATS["onnx" if precision == "fp32" else f"onnx-{precision}"]
+    if suffix in (".engine", ".plan", ".trt"):
+        return FORMATS["trt-int8" if precision == "int8" else "trt-fp16"]
+    raise UserError(f"cannot tell the model format of {path.name}",
+                    "give a run directory, a checkpoint folder, an .onnx or an .engine")
+
+
+def backends_for(path: Path) -> list[Backend]:
+    """The backends that can run a model path (the bench rows for it)."""
+    return [BACKENDS[name] for name in format_of_file(path).backends]

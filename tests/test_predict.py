@@ -1,0 +1,183 @@
+"""``diga predict``: images and folders through .onnx and checkpoints; bad inputs are one line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from diga.cli.app import app
+from diga.export.onnx_export import export_onnx, model_info
+from PIL import Image
+from typer.testing import CliRunner
+
+from diga.checkpoint import save_checkpoint
+from diga.config import load_config
+from diga.models import build_model
+from diga.runtime import engine_sidecar
+
+runner = CliRunner()
+ORT_HAS_CUDA = "CUDAExecutionProvider" in ort.get_available_providers()
+
+
+@pytest.fixture(scope="module")
+def run_and_onnx(tmp_path_factory):
+    """A run directory (random tiny model) and its ONNX export (TorchScript exporter: quick)."""
+    root = tmp_path_factory.mktemp("predict")
+    cfg = load_config("demo", ["data.builtin.size=64x128"])
+    torch.manual_seed(0)
+    model = build_model("deeplabv2_tiny", 19).eval()
+    meta = {"stage": "source", "step": 0, "config": cfg.to_dict(), "metrics": {}}
+    save_checkpoint(root / "run" / "checkpoints" / "last", model=model.state_dict(), meta=meta)
+    info = model_info(cfg, meta, (64, 128), dynamic=True, bake_preprocess=False, argmax=False)
+    onnx_path = root / "model.onnx"
+    export_onnx(model, info, onnx_path, exporter="torchscript")
+    return root / "run", onnx_path
+
+
+@pytest.fixture
+def images(tmp_path) -> Path:
+    """A folder with an RGB PNG, a grayscale JPEG and an RGBA PNG in a subfolder."""
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "images"
+    (folder / "sub").mkdir(parents=True)
+    Image.fromarray(rng.integers(0, 256, (40, 72, 3), dtype=np.uint8)).save(folder / "a.png")
+    Image.fromarray(rng.integers(0, 256, (30, 50), dtype=np.uint8)).save(folder / "b.jpg")
+    Image.fromarray(rng.integers(0, 256, (24, 24, 4), dtype=np.uint8)).save(folder / "sub" / "c.png")
+    (folder / "notes.txt").write_text("not an image, ignored in folders")
+    return folder
+
+
+def predict(*args) -> object:
+    return runner.invoke(app, ["predict", *[str(a) for a in args]])
+
+
+def one_error_line(result) -> str:
+    assert result.exit_code == 1, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), result.output
+    return lines[0]
+
+
+def check_outputs(out: Path, stem: str, size: tuple[int, int]) -> np.ndarray:
+    labels = np.asarray(Image.open(out / f"{stem}_label.png"))
+    color = Image.open(out / f"{stem}_color.png")
+    over = Image.open(out / f"{stem}_overlay.png")
+    assert labels.shape == size and labels.dtype == np.uint8 and labels.max() < 19
+    assert color.mode == "RGB" and color.size == (size[1], size[0])
+    assert over.mode == "RGB" and over.size == (size[1], size[0])
+    return labels
+
+
+def test_predict_onnx_writes_label_color_overlay(run_and_onnx, images, tmp_path):
+    out = tmp_path / "out"
+    result = predict(run_and_onnx[1], images, "--out", out, "--backend", "cpu")
+    assert result.exit_code == 0, result.output
+    assert "CPUExecutionProvider" in result.output
+    check_outputs(out, "a", (40, 72))
+    check_outputs(out, "b", (30, 50))
+    check_outputs(out / "sub", "c", (24, 24))  # folder structure kept
+    assert len(list(out.rglob("*.png"))) == 9
+
+
+def test_predict_checkpoint_agrees_with_onnx(run_and_onnx, images, tmp_path):
+    run, onnx_path = run_and_onnx
+    assert predict(onnx_path, images / "a.png", "--out", tmp_path / "o").exit_code == 0
+    result = predict(run, images / "a.png", "--out", tmp_path / "t")
+    assert result.exit_code == 0, result.output
+    assert "PyTorch on cpu" in result.output
+    via_onnx = check_outputs(tmp_path / "o", "a", (40, 72))
+    via_torch = check_outputs(tmp_path / "t", "a", (40, 72))
+    assert (via_onnx == via_torch).mean() > 0.999
+
+
+def test_video_is_skipped_with_a_note(run_and_onnx, images, tmp_path):
+    (images / "clip.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42")
+    result = predict(run_and_onnx[1], images, "--out", tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    assert "skipped video" in result.output and "clip.mp4" in result.output
+    only_video = predict(run_and_onnx[1], images / "clip.mp4", "--out", tmp_path / "o2")
+    assert "no images to predict" in only_video.output and only_video.exit_code == 1
+
+
+def test_undecodable_image_in_a_folder_names_the_file(run_and_onnx, images, tmp_path):
+    (images / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    line = one_error_line(predict(run_and_onnx[1], images, "--out", tmp_path / "out"))
+    assert "cannot decode image" in line and "broken.png" in line
+
+
+def test_zero_byte_image(run_and_onnx, tmp_path):
+    empty = tmp_path / "empty.jpg"
+    empty.write_bytes(b"")
+    line = one_error_line(predict(run_and_onnx[1], empty, "--out", tmp_path / "out"))
+    assert "empty.jpg" in line and "empty (0 bytes)" in line
+
+
+@pytest.mark.parametrize("case,message", [
+    ("missing-input", "input not found"),
+    ("missing-model", "model not found"),
+    ("corrupt-onnx", "cannot load ONNX model"),
+    ("corrupt-checkpoint", "cannot read weights file"),
+    ("unknown-backend", "unknown backend 'gpu'"),
+    ("engine-without-trt", "TensorRT"),
+    ("trt-on-checkpoint", "backend 'tensorrt' runs .onnx and .engine files"),
+])
+def test_bad_input_is_one_line(run_and_onnx, images, tmp_path, case, message):
+    run, onnx_path = run_and_onnx
+    model, inputs, extra = onnx_path, [images / "a.png"], []
+    if case == "missing-input":
+        inputs = [tmp_path / "nowhere.png"]
+    elif case == "missing-model":
+        model = tmp_path / "nowhere.onnx"
+    elif case == "corrupt-onnx":
+        model = tmp_path / "corrupt.onnx"
+        model.write_bytes(onnx_path.read_bytes()[:500])
+    elif case == "corrupt-checkpoint":
+        model = tmp_path / "ckpt"
+        (model).mkdir()
+        (model / "meta.json").write_text((run / "checkpoints" / "last" / "meta.json").read_text())
+        (model / "model.safetensors").write_bytes(b"\x00" * 64)
+    elif case == "unknown-backend":
+        extra = ["--backend", "gpu"]
+    elif case == "engine-without-trt":
+        from diga.runtime.tensorrt_engine import cuda_device_count
+
+        if (cuda_device_count() or 0) > 0:
+            pytest.skip("a GPU is present: a fake engine would reach TensorRT's own loader")
+        model = tmp_path / "model.fp16.engine"
+        model.write_bytes(b"engine")
+        props = {p.key: p.value for p in onnx.load(str(onnx_path)).metadata_props}
+        engine_sidecar(model).write_text(json.dumps({"metadata": props}))
+    elif case == "trt-on-checkpoint":
+        model, extra = run, ["--backend", "tensorrt"]
+    line = one_error_line(predict(model, *inputs, "--out", tmp_path / "out", *extra))
+    assert message in line
+
+
+@pytest.mark.skipif(ORT_HAS_CUDA, reason="this onnxruntime has the CUDA provider")
+def test_cuda_backend_without_provider_is_one_line(run_and_onnx, images, tmp_path):
+    line = one_error_line(predict(run_and_onnx[1], images / "a.png", "--out", tmp_path / "o",
+                                  "--backend", "cuda"))
+    assert "CUDAExecutionProvider" in line and "--backend cpu" in line
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="PyTorch sees a CUDA GPU here")
+def test_cuda_backend_for_checkpoint_without_gpu(run_and_onnx, images, tmp_path):
+    line = one_error_line(predict(run_and_onnx[0], images / "a.png", "--out", tmp_path / "o",
+                                  "--backend", "cuda"))
+    assert "needs a CUDA GPU" in line
+
+
+def test_auto_backend_warns_when_cuda_is_not_obtained(monkeypatch, run_and_onnx, images, tmp_path):
+    if ORT_HAS_CUDA and torch.cuda.is_available():
+        pytest.skip("a CUDA provider and GPU are really here")
+    real = ort.get_available_providers()
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", *real])
+    result = predict(run_and_onnx[1], images / "a.png", "--out", tmp_path / "o")
+    assert result.exit_code == 0, result.output
+    assert "warning:" in result.output and "CPUExecutionProvider" in result.output
+    check_outputs(tmp_path / "o", "a", (40, 72))
