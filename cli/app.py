@@ -31,20 +31,12 @@ app = typer.Typer(
 
 
 def _register() -> None:
-    from diga.cli import data, evaluate, pseudo, train
+    from diga.cli import bench, data, demo, evaluate, export, predict, pseudo, train
 
     app.add_typer(data.app, name="data")
     app.add_typer(train.app, name="train")
     app.command("eval")(evaluate.eval_command)
-    pseudo.register(app)
-    for optional in ("export", "predict", "bench", "demo"):
-        # verbs land one issue at a time; each module registers its own commands
-        try:
-            module = __import__(f"diga.cli.{optional}", fromlist=["register"])
-        except ModuleNotFoundError as exc:
-            if exc.name != f"diga.cli.{optional}":
-                raise
-            continue
+    for module in (pseudo, export, predict, bench, demo):
         module.register(app)
 
 

@@ -1,0 +1,198 @@
+"""What ``diga bench`` shows and writes: a rich table, bench.json, bench.md and latency.png.
+
+Every writer reads only the JSON-ready result of ``run_bench`` (schema ``diga-bench/1``), so a
+report can be redrawn from a saved bench.json. Files are written atomically.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from diga.io import atomic_write, atomic_write_json, atomic_write_text
+
+COLUMNS = ("model", "backend", "precision", "status", "input", "p50 ms", "p90 ms", "p99 ms",
+           "mean ms", "images/s", "peak RSS MB", "GPU MB", "GFLOP/s", "vs torch", "mIoU",
+           "agree %")
+# the terminal gets the columns that fit a normal window; bench.md has them all
+TERMINAL_COLUMNS = ("model", "backend", "precision", "status", "p50 ms", "p99 ms", "images/s",
+                    "peak RSS MB", "GPU MB", "GFLOP/s", "vs torch", "mIoU", "agree %")
+
+
+def columns_for(result: dict[str, Any], columns: tuple[str, ...]) -> tuple[str, ...]:
+    """``columns`` without "GPU MB" when no row ran on a GPU."""
+    if any(r["gpu_memory_mb"] is not None for r in result["rows"]):
+        return columns
+    return tuple(c for c in columns if c != "GPU MB")
+
+
+def short_model(row: dict[str, Any]) -> str:
+    """The last two parts of a model path: ``export/model.onnx``, ``checkpoints/last``."""
+    parts = Path(row["model"]).parts
+    name = "/".join(parts[-2:]) if len(parts) >= 2 else row["model"]
+    return f"{name} (compile)" if row.get("compiled") else name
+
+
+def status_word(row: dict[str, Any]) -> str:
+    return row["status"].split(":", 1)[0]
+
+
+def _num(value: float | None, digits: int = 2) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{value:.{digits}f}"
+
+
+def row_cells(row: dict[str, Any]) -> dict[str, str]:
+    """One row as text cells by column (shared by the terminal table and the Markdown report)."""
+    lat = row["latency_ms"] or {}
+    shape = row["input_shape"]
+    throughput = ", ".join(f"{_num(t['images_per_s'], 1)} @{t['batch']}" for t in row["throughput"])
+    gflops = _num(row["gflops_per_s"], 1)
+    if row["peak_fraction"] is not None:
+        gflops += f" ({100 * row['peak_fraction']:.0f}%)"
+    ratio = row["latency_vs_torch"]
+    return {
+        "model": short_model(row), "backend": row["backend"], "precision": row["precision"] or "-",
+        "status": status_word(row), "input": "x".join(map(str, shape)) if shape else "-",
+        "p50 ms": _num(lat.get("p50")), "p90 ms": _num(lat.get("p90")),
+        "p99 ms": _num(lat.get("p99")), "mean ms": _num(lat.get("mean")),
+        "images/s": throughput or "-", "peak RSS MB": _num(row["peak_rss_mb"], 0),
+        "GPU MB": _num(row["gpu_memory_mb"], 0),
+        "GFLOP/s": gflops, "vs torch": f"{ratio:.3g}x" if ratio is not None else "-",
+        "mIoU": _num(row["miou"]), "agree %": _num(row["pixel_agreement"], 3),
+    }
+
+
+def reasons(result: dict[str, Any]) -> list[str]:
+    """One line per row that did not run, and per note of a row that did."""
+    lines = []
+    for row in result["rows"]:
+        where = f"{short_model(row)} on {row['backend']}"
+        if row["status"] != "ok":
+            lines.append(f"{where}: {row['status']}")
+        lines.extend(f"{where}: {note}" for note in row["notes"])
+    return lines
+
+
+def machine_line(result: dict[str, Any]) -> str:
+    m = result["machine"]
+    gpu = f", GPU {m['gpu']}" if m.get("gpu") else ", no GPU"
+    threads = m["torch_threads"]
+    return (f"{m['cpu']} ({m['cpu_count']} CPUs; torch runs {threads} thread"
+            f"{'' if threads == 1 else 's'}){gpu}; float32 matmul peak "
+            f"{_num(m.get('matmul_gflops'), 1)} GFLOP/s (n={m['matmul_size']}, "
+            f"{m.get('matmul_threads', '?')} threads); torch {m['torch']}, "
+            f"onnxruntime {m['onnxruntime']}")
+
+
+def settings_line(result: dict[str, Any]) -> str:
+    s = result["settings"]
+    images = "all" if s["max_images"] is None else f"first {s['max_images']}"
+    return (f"warm-up {s['warmup']} runs, then {s['time_budget_s']} s per loop "
+            f"({s['min_iters']}..{s['max_iters']} runs); latency at batch 1, throughput at "
+            f"{', '.join(map(str, s['batch_sizes']))}; mIoU on {images} target val images; "
+            f"agreement: % of pixels labelled as the fp32 PyTorch checkpoint labels them")
+
+
+def print_table(result: dict[str, Any], console: Console) -> None:
+    table = Table(title="diga bench", caption=escape(machine_line(result)))
+    columns = columns_for(result, TERMINAL_COLUMNS)
+    for name in columns:
+        table.add_column(name, justify="left" if name in ("model", "backend", "precision",
+                                                          "status") else "right",
+                         no_wrap=name == "model")
+    styles = {"ok": "", "unavailable": "dim", "error": "red"}
+    for row in result["rows"]:
+        cells = row_cells(row)
+        table.add_row(*(escape(cells[c]) for c in columns),
+                      style=styles.get(status_word(row), ""))
+    console.print(table)
+    for line in reasons(result):
+        console.print(f"  [dim]{escape(line)}[/]", highlight=False, soft_wrap=True)
+
+
+def to_markdown(result: dict[str, Any]) -> str:
+    flops = {short_model(r): r["flops_per_image"] for r in result["rows"] if r["flops_per_image"]}
+    lines = ["# diga bench", "", f"Run {result['created']} on {machine_line(result)}.", ""]
+    load, cpus = result["machine"].get("load_average_1m"), result["machine"].get("cpu_count")
+    if load is not None and cpus and load > 0.75 * cpus:
+        lines += [f"**The machine was busy** (load average {load:.1f} on {cpus} CPUs when the "
+                  "bench started): latencies are inflated, PyTorch's most (its threads wait for "
+                  "each other). Measure again on a quiet machine before quoting them.", ""]
+    columns = columns_for(result, COLUMNS)
+    lines += [settings_line(result) + ".", "",
+              "| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
+    for row in result["rows"]:
+        cells = [row_cells(row)[c].replace("|", "\\|") for c in columns]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "p50/p90/p99/mean: latency per image at batch 1 (ms), warm-up excluded. "
+              "images/s @B: throughput at batch B. peak RSS: the process's resident-memory peak "
+              "while the row loaded and ran (torch and the data included); GPU MB: device memory "
+              "the row added. GFLOP/s: counted FLOPs per image / p50, with the share of the "
+              "matmul peak for CPU rows. vs torch: p50 over the eager PyTorch row of the same "
+              "checkpoint.", ""]
+    if flops:
+        lines += ["## FLOPs per image", ""]
+        lines += [f"- {name}: {value / 1e9:.3f} GFLOP" for name, value in flops.items()]
+        lines.append("")
+    notes = reasons(result)
+    if notes:
+        lines += ["## Rows not measured, and notes", ""] + [f"- {n}" for n in notes] + [""]
+    lines += ["![latency](latency.png)", ""]
+    return "\n".join(lines)
+
+
+def plot_latency(result: dict[str, Any], path: Path) -> None:
+    """p50 bars with p90 / p99 marks per measured row, and mIoU against p50 where known."""
+    from matplotlib.figure import Figure  # no pyplot: no global state, no display needed
+
+    rows = [r for r in result["rows"] if r["latency_ms"]]
+    labels = [f"{short_model(r)}\n{r['backend']} {r['precision']}" for r in rows]
+    with_miou = [r for r in rows if r["miou"] is not None]
+    fig = Figure(figsize=(11, max(2.5, 0.55 * len(rows) + 1.5)), layout="constrained")
+    axes = fig.subplots(1, 2 if with_miou else 1, squeeze=False)[0]
+    ax = axes[0]
+    if rows:
+        y = list(range(len(rows)))
+        p50 = [r["latency_ms"]["p50"] for r in rows]
+        ax.barh(y, p50, color="tab:blue", label="p50")
+        ax.scatter([r["latency_ms"]["p90"] for r in rows], y, marker="|", s=200, color="tab:orange",
+                   label="p90", zorder=3)
+        ax.scatter([r["latency_ms"]["p99"] for r in rows], y, marker="x", color="tab:red",
+                   label="p99", zorder=3)
+        ax.set_yticks(y, labels, fontsize=8)
+        ax.invert_yaxis()
+        ax.legend(loc="lower right", fontsize=8)
+    else:
+        ax.text(0.5, 0.5, "no row could be measured", ha="center", va="center",
+                transform=ax.transAxes)
+    ax.set_xlabel("latency per image at batch 1 (ms)")
+    ax.set_title("latency")
+    if with_miou:
+        ax2 = axes[1]
+        for r in with_miou:
+            ax2.scatter(r["latency_ms"]["p50"], r["miou"], s=40)
+            ax2.annotate(f"{r['backend']} {r['precision']}", (r["latency_ms"]["p50"], r["miou"]),
+                         fontsize=7, xytext=(4, 2), textcoords="offset points")
+        ax2.set_xlabel("p50 latency (ms)")
+        ax2.set_ylabel("target val mIoU (%)")
+        ax2.set_title("accuracy vs latency")
+        ax2.grid(alpha=0.3)
+    atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=110))
+
+
+def write_reports(result: dict[str, Any], out_dir: Path) -> dict[str, Path]:
+    """bench.json, bench.md and latency.png in ``out_dir``; returns their paths by kind."""
+    out_dir = Path(out_dir)
+    paths = {"json": out_dir / "bench.json", "markdown": out_dir / "bench.md",
+             "plot": out_dir / "latency.png"}
+    atomic_write_json(paths["json"], result)
+    atomic_write_text(paths["markdown"], to_markdown(result))
+    plot_latency(result, paths["plot"])
+    return paths
