@@ -30,6 +30,32 @@ Overrides = Annotated[
 ]
 
 
+Devices = Annotated[
+    int | None,
+    typer.Option("--devices", min=1, help="Run on N devices of this node: starts torchrun with N "
+                 "processes (one per GPU; CPU processes with gloo where there is no GPU). For "
+                 "several nodes run torchrun yourself (README: Scale out).", show_default=False),
+]
+
+
+def launch_on_devices(devices: int, run, args: list[str]) -> None:
+    """Run ``diga ARGS`` under torchrun with ``devices`` processes on this node.
+
+    Args:
+        run: the ``RunConfig`` the processes will use (device kind, GPU count check).
+    """
+    import subprocess
+
+    from diga.train.distributed import check_devices, torchrun_command
+
+    where = check_devices(devices, run)
+    err_console.print(f"torchrun: {where}", highlight=False)
+    code = subprocess.call(torchrun_command(devices, args))
+    if code != 0:
+        raise UserError(f"the run on {where} failed (torchrun exit code {code})",
+                        "the failing rank's error is printed above")
+
+
 def split_config_args(args: list[str] | None) -> tuple[str | None, list[str]]:
     """``["demo", "train.steps=5"]`` -> ``("demo", ["train.steps=5"])``."""
     args = list(args or [])

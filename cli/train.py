@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from diga.cli.common import ConfigArgs, console, split_config_args
+from diga.cli.common import ConfigArgs, Devices, console, launch_on_devices, split_config_args
 from diga.config import Config, load_config
 
 app = typer.Typer(help="Train a stage: source (baseline), warmup (DiGA stage 1), selftrain "
@@ -45,37 +45,67 @@ def _report(stage: str, run_dir: Path, metrics: dict) -> None:
     console.print(f"[green]{stage} done[/]: {run_dir}  ({tail})")
 
 
-def _train(stage: str, args: list[str] | None, out: Path | None, resume: bool, quiet: bool) -> None:
+def _check_before_launch(cfg: Config, devices: int) -> None:
+    """The user errors a torchrun job would hit, caught before its processes start."""
+    from diga.config import check_data_paths
+    from diga.device import select_device
+    from diga.train.distributed import Distributed, check_world
+
+    check_data_paths(cfg, source=True, target=True)
+    check_world(Distributed(world_size=devices), cfg.run, cfg.train.batch_size,
+                select_device(cfg.run.device))
+
+
+def _flags(out: Path, resume: bool, quiet: bool) -> list[str]:
+    return ["--out", str(out)] + (["--resume"] if resume else []) + (["--quiet"] if quiet else [])
+
+
+def _train(stage: str, args: list[str] | None, out: Path | None, resume: bool, quiet: bool,
+           devices: int | None = None) -> None:
+    from diga.train.distributed import destroy_distributed, init_distributed
     from diga.train.loop import train_stage
     from diga.train.stages import default_run_dir, prepare_run_dir
 
     cfg = _config(args, out, resume)
     run_dir = out or default_run_dir(stage)
     prepare_run_dir(run_dir, resume, stage)
-    result = train_stage(cfg, stage, run_dir, resume=resume, show_progress=not quiet)
-    _report(stage, run_dir, result.metrics)
+    if devices is not None and devices > 1:  # the same command again, under torchrun
+        _check_before_launch(cfg, devices)
+        launch_on_devices(devices, cfg.run, ["train", stage, *(args or []),
+                                             *_flags(run_dir, resume, quiet)])
+        return
+    dist, _ = init_distributed(cfg.run)  # under torchrun: join the job; else one process
+    try:
+        dist.barrier()  # every rank checked the run directory before rank 0 writes into it
+        result = train_stage(cfg, stage, run_dir, resume=resume, show_progress=not quiet)
+    finally:
+        destroy_distributed()
+    if dist.is_main:
+        _report(stage, run_dir, result.metrics)
 
 
 @app.command("source")
-def source(args: ConfigArgs = None, out: Out = None, resume: Resume = False, quiet: Quiet = False) -> None:
+def source(args: ConfigArgs = None, out: Out = None, resume: Resume = False, quiet: Quiet = False,
+           devices: Devices = None) -> None:
     """Source-only baseline: supervised CE on the labelled source domain.
 
     Example: diga train source demo train.steps=600 --out runs/source
     """
-    _train("source", args, out, resume, quiet)
+    _train("source", args, out, resume, quiet, devices)
 
 
 @app.command("warmup")
-def warmup(args: ConfigArgs = None, out: Out = None, resume: Resume = False, quiet: Quiet = False) -> None:
+def warmup(args: ConfigArgs = None, out: Out = None, resume: Resume = False, quiet: Quiet = False,
+           devices: Devices = None) -> None:
     """DiGA stage 1: symmetric distillation with cross-domain mixture (EMA teacher).
 
     Ablations with the same command: warmup.symkd=false (source-only),
     warmup.mixture=false (SymKD without mixture), warmup.translator=fda|learned|none.
 
     Example: diga train warmup gta2cs-deeplabv2 data.source.root=/data/GTA5
-    data.target.root=/data/cityscapes --out runs/gta-warmup
+    data.target.root=/data/cityscapes --out runs/gta-warmup --devices 8
     """
-    _train("warmup", args, out, resume, quiet)
+    _train("warmup", args, out, resume, quiet, devices)
 
 
 @app.command("selftrain")
@@ -84,7 +114,7 @@ def selftrain(
     init: Annotated[Path | None, typer.Option("--init", help="The warm-up run to start from.")] = None,
     rounds: Annotated[int | None, typer.Option("--rounds", min=1, help="Self-training rounds "
                                                "(selftrain.rounds); each regenerates pseudo-labels.")] = None,
-    out: Out = None, resume: Resume = False, quiet: Quiet = False,
+    out: Out = None, resume: Resume = False, quiet: Quiet = False, devices: Devices = None,
 ) -> None:
     """DiGA stage 2: self-training with threshold-free bilateral-consensus pseudo-labels.
 
@@ -92,7 +122,9 @@ def selftrain(
 
     Example: diga train selftrain demo --init runs/warmup --rounds 2 --out runs/selftrain
     """
+    from diga.config import save_config
     from diga.errors import UserError
+    from diga.train.distributed import destroy_distributed, init_distributed
     from diga.train.stages import default_run_dir, run_selftrain
 
     cfg = _config(args, out, resume)
@@ -107,12 +139,24 @@ def selftrain(
     if not resume and run_dir.is_dir() and any(run_dir.iterdir()):
         raise UserError(f"run directory {run_dir} already exists and is not empty",
                         "pass --resume to continue it, or choose another --out")
-    from diga.config import save_config
-
-    save_config(cfg, run_dir / "config.yaml")
-    results = run_selftrain(cfg, cfg.selftrain.init, run_dir, resume=resume, show_progress=not quiet)
-    for r, result in enumerate(results, 1):
-        _report(f"selftrain round {r}", result.run_dir, result.metrics)
+    if devices is not None and devices > 1:
+        _check_before_launch(cfg, devices)
+        extra = ["--init", str(cfg.selftrain.init), "--rounds", str(cfg.selftrain.rounds)]
+        launch_on_devices(devices, cfg.run, ["train", "selftrain", *(args or []), *extra,
+                                             *_flags(run_dir, resume, quiet)])
+        return
+    dist, _ = init_distributed(cfg.run)
+    try:
+        dist.barrier()  # every rank checked the run directory before rank 0 writes into it
+        if dist.is_main:
+            save_config(cfg, run_dir / "config.yaml")
+        results = run_selftrain(cfg, cfg.selftrain.init, run_dir, resume=resume,
+                                show_progress=not quiet)
+    finally:
+        destroy_distributed()
+    if dist.is_main:
+        for r, result in enumerate(results, 1):
+            _report(f"selftrain round {r}", result.run_dir, result.metrics)
 
 
 def _register_translator() -> None:

@@ -17,10 +17,17 @@ from diga.cli.common import ConfigArgs, console
 def run_translator_command(args: list[str] | None, out: Path | None, resume: bool,
                            quiet: bool) -> Path:
     """Load the config, prepare the run directory, train; returns the run directory."""
+    import os
+
     from diga.cli.train import _config
+    from diga.errors import UserError
+    from diga.train.distributed import launched_by_torchrun
     from diga.train.stages import default_run_dir, prepare_run_dir
     from diga.translator import train_translator
 
+    if launched_by_torchrun() and int(os.environ["WORLD_SIZE"]) > 1:
+        raise UserError("the translator trains in one process, not under torchrun",
+                        "run 'diga train translator' without torchrun or --devices")
     cfg = _config(args, out, resume)
     run_dir = out or default_run_dir("translator")
     prepare_run_dir(run_dir, resume, "translator")

@@ -276,6 +276,15 @@ class BenchConfig(Section):
 class RunConfig(Section):
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    # Scale out (torchrun / ``--devices N``): the process-group backend (auto: nccl on GPUs, gloo
+    # on CPU) and BatchNorm statistics over the global batch (SyncBatchNorm; GPUs only).
+    backend: Literal["auto", "nccl", "gloo"] = "auto"
+    sync_bn: bool = False
+    # Speed: autocast for the forward passes (fp16 adds a gradient scaler), NHWC memory layout,
+    # torch.compile of the student and teacher. All off by default (the CPU demo needs none).
+    amp: Literal["off", "bf16", "fp16"] = "off"
+    channels_last: bool = False
+    compile: bool = False
 
 
 class Config(Section):

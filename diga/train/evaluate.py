@@ -13,6 +13,7 @@ from diga.config import Config
 from diga.data.classes import class_protocol
 from diga.data.datasets import SegDataset, eval_loader, normalize
 from diga.metrics import SegMetrics, confusion_matrix, metrics_from_confusion
+from diga.train.distributed import current
 
 
 @torch.no_grad()
@@ -45,15 +46,20 @@ def evaluate(model: torch.nn.Module, dataset: SegDataset, cfg: Config, device: t
              max_images: int | None = None) -> SegMetrics:
     """mIoU of ``model`` on a labelled split (target val), from one summed confusion matrix.
 
-    ``save_predictions`` writes Cityscapes labelId PNGs named after the input images.
+    ``save_predictions`` writes Cityscapes labelId PNGs named after the input images. Under
+    torchrun each rank predicts its share of the images and the matrices are summed over
+    ranks, so every rank returns the metrics of the whole split. ``model`` must be the plain
+    module (not DDP-wrapped): shards may differ in length, so no collective runs per batch.
     """
     protocol = class_protocol(cfg.num_classes)
+    dist = current()
     was_training = model.training
     model.eval()
-    indices = list(range(min(len(dataset), max_images))) if max_images else None
+    count = min(len(dataset), max_images) if max_images else len(dataset)
+    indices = dist.shard(count) if max_images or dist.enabled else None
     loader = eval_loader(dataset, cfg.eval.batch_size, cfg.data.num_workers, indices)
     conf = torch.zeros(cfg.num_classes, cfg.num_classes, dtype=torch.long, device=device)
-    done, total = 0, len(indices) if indices else len(dataset)
+    done, total = 0, len(indices) if indices is not None else len(dataset)
     for batch in loader:
         images = batch["image"].to(device, non_blocking=True)
         labels = batch["label"].to(device, non_blocking=True).long()
@@ -68,7 +74,7 @@ def evaluate(model: torch.nn.Module, dataset: SegDataset, cfg: Config, device: t
         if progress is not None:
             progress(done, total)
     model.train(was_training)
-    return metrics_from_confusion(conf, protocol.names)
+    return metrics_from_confusion(dist.all_reduce_sum(conf), protocol.names)
 
 
 def _save_label_ids(out: Path, dataset: SegDataset, indices: list[int], pred: torch.Tensor,

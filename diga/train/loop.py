@@ -2,6 +2,8 @@
 
 Read ``train_stage`` top to bottom: data, model, teacher, optimiser, then per step: lr, batch,
 views, losses, backward, EMA, step, log, visuals, checkpoint. The stages differ by ``if``s.
+Under ``torchrun`` the same function runs on every rank (``diga.train.distributed``): each
+rank takes its share of the global batch, DDP averages the gradients, rank 0 writes the run.
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ from diga.checkpoint import Checkpoint, resolve_checkpoint, save_checkpoint
 from diga.config import Config, check_data_paths, save_config
 from diga.data.classes import class_protocol
 from diga.data.datasets import build_dataset, infinite_loader, normalize
-from diga.device import select_device
 from diga.errors import UserError
 from diga.io import append_jsonl
 from diga.method import (
@@ -34,9 +35,18 @@ from diga.method import (
     update_centroids,
 )
 from diga.models import build_model
+from diga.train.distributed import (
+    check_world,
+    init_distributed,
+    parallelize,
+    restore_rng,
+    rng_state,
+    seed_rank_streams,
+)
 from diga.train.evaluate import evaluate
 from diga.train.optim import build_optimizer, poly_lr, set_lr
 from diga.train.progress import StepProgress
+from diga.train.speed import Precision, maybe_compile, to_memory_format
 from diga.train.translate import build_translator
 from diga.train.visuals import save_grid
 
@@ -89,15 +99,16 @@ def train_stage(cfg: Config, stage: str, run_dir: Path, resume: bool = False,
     if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}")
     check_data_paths(cfg, source=True, target=True)
-    device = select_device(cfg.run.device)
-    seed_everything(cfg.run.seed)
+    dist, device = init_distributed(cfg.run)  # one process: rank 0 of 1, select_device
+    check_world(dist, cfg.run, cfg.train.batch_size, device)
+    seed_everything(cfg.run.seed)  # the same on every rank: identical initial weights
     run_dir = Path(run_dir)
     protocol = class_protocol(cfg.num_classes)
     ignore = cfg.method.ignore_index
     wcfg, scfg = cfg.warmup, cfg.selftrain
     use_kd = stage == "selftrain" or (stage == "warmup" and wcfg.symkd)
     use_mixture = use_kd and wcfg.mixture
-    steps, batch = cfg.train.steps, cfg.train.batch_size
+    steps, batch = cfg.train.steps, cfg.train.batch_size // dist.world_size  # per-rank batch
 
     # ---- data: a source stream; target images when a translator or self-training needs them
     source = build_dataset(cfg, "source", "train", train=True)
@@ -111,14 +122,19 @@ def train_stage(cfg: Config, stage: str, run_dir: Path, resume: bool = False,
     elif needs_target:
         target = build_dataset(cfg, "target", "train", train=True)
 
-    # ---- models: student, EMA teacher, frozen translator
+    # ---- models: student (DDP-wrapped for the training forward), EMA teacher, frozen translator
     student = build_model(cfg.model.name, cfg.num_classes, cfg.model.pretrained,
                           cfg.model.freeze_bn).to(device)
     if selftrain is not None:
         student.load_state_dict(selftrain.init.model())
+    student, train_model = parallelize(to_memory_format(student, cfg.run), dist, cfg.run, device)
+    train_model = maybe_compile(train_model, cfg.run)
     teacher = EMATeacher(student, cfg.method.ema_max) if use_kd else None
     if teacher is not None and selftrain is not None and selftrain.init.teacher() is not None:
         teacher.load_state_dict(selftrain.init.teacher())
+    teacher_model = maybe_compile(teacher.model, cfg.run) if teacher is not None else None
+    run_model = Precision.from_config(cfg.run, device)  # autocast / channels_last; float32 out
+    scaler = run_model.grad_scaler()  # fp16 only
     translator = build_translator(cfg, device) if use_mixture else None
     augment = PhotometricAugment.from_config(cfg.method.augment).to(device)
     beta = scfg.beta if stage == "selftrain" else wcfg.beta
@@ -126,11 +142,13 @@ def train_stage(cfg: Config, stage: str, run_dir: Path, resume: bool = False,
     centroids = selftrain.centroids.to(device) if selftrain is not None else None
     optimizer = build_optimizer(student, cfg.train.optim)
     mix_gen = torch.Generator(device="cpu").manual_seed(cfg.run.seed + 1)
+    if dist.enabled:  # ranks share the weights, never their augmentation, mask or dropout draws
+        seed_rank_streams(dist, mix_gen, cfg.run.seed, 0)
 
     # ---- resume: weights, optimiser, RNG streams; the data streams restart at the same step
     start = 0
     if resume:
-        ckpt = resolve_checkpoint(run_dir, "last")
+        ckpt = resolve_checkpoint(run_dir, "last")  # every rank reads the same files
         state = ckpt.state()
         student.load_state_dict(ckpt.model())
         if teacher is not None:
@@ -138,31 +156,43 @@ def train_stage(cfg: Config, stage: str, run_dir: Path, resume: bool = False,
         if centroids is not None:
             centroids = ckpt.extra()["centroids"].to(device)
         optimizer.load_state_dict(state["optimizer"])
+        if "scaler" in state:
+            scaler.load_state_dict(state["scaler"])
         start = int(state["step"])
-    else:
+    elif dist.is_main:
         save_config(cfg, run_dir / "config.yaml")
-    source_iter = infinite_loader(source, batch, cfg.run.seed, start, cfg.data.num_workers)
-    target_iter = (infinite_loader(target, batch, cfg.run.seed + 7, start, cfg.data.num_workers)
+    # Each rank reads positions rank, rank + W, ... of the global stream: together one batch.
+    source_iter = infinite_loader(source, batch, cfg.run.seed, start, cfg.data.num_workers,
+                                  dist.rank, dist.world_size)
+    target_iter = (infinite_loader(target, batch, cfg.run.seed + 7, start, cfg.data.num_workers,
+                                   dist.rank, dist.world_size)
                    if stage == "selftrain" or needs_target else None)
     if resume:  # after the loaders: creating one draws from the global RNG
-        torch.set_rng_state(state["torch_rng"])
-        mix_gen.set_state(state["mix_rng"])
+        restore_rng(state, dist, mix_gen, device, cfg.run.seed)
 
     def checkpoint(step: int, metrics: dict[str, Any]) -> None:
-        save_checkpoint(
-            run_dir / "checkpoints" / "last",
-            model=student.state_dict(),
-            teacher=teacher.state_dict() if teacher is not None else None,
-            extra={"centroids": centroids} if centroids is not None else None,
-            state={"step": step, "optimizer": optimizer.state_dict(),
-                   "torch_rng": torch.get_rng_state(), "mix_rng": mix_gen.get_state()},
-            meta={"stage": stage, "step": step, "steps": steps, "config": cfg.to_dict(),
-                  "config_hash": cfg.hash(), "metrics": metrics,
-                  "init": str(selftrain.init.folder) if selftrain is not None else None},
-        )
+        # Weights of the plain module: a DDP checkpoint loads in one process and vice versa.
+        rank_rngs = dist.all_gather_objects(rng_state(mix_gen, device))
+        state = {"step": step, "optimizer": optimizer.state_dict(), **rank_rngs[0],
+                 **({"rank_rng": rank_rngs} if dist.enabled else {}),
+                 **({"scaler": scaler.state_dict()} if scaler.is_enabled() else {})}
+        if dist.is_main:
+            save_checkpoint(
+                run_dir / "checkpoints" / "last",
+                model=student.state_dict(),
+                teacher=teacher.state_dict() if teacher is not None else None,
+                extra={"centroids": centroids} if centroids is not None else None,
+                state=state,
+                meta={"stage": stage, "step": step, "steps": steps, "config": cfg.to_dict(),
+                      "config_hash": cfg.hash(), "metrics": metrics, "world_size": dist.world_size,
+                      "init": str(selftrain.init.folder) if selftrain is not None else None},
+            )
+        dist.barrier()  # nobody reads the run (next round, resume) before it is written
 
     student.train()
-    progress = StepProgress(stage, steps, start, enabled=show_progress)
+    if teacher is not None:
+        teacher.model.train()  # same mode as the student: with model.freeze_bn, frozen BN too
+    progress = StepProgress(stage, steps, start, enabled=show_progress and dist.is_main)
     tic = time.perf_counter()
     for step in range(start, steps):
         lr = poly_lr(cfg.train.optim.lr, step, steps, cfg.train.optim.poly_power)
@@ -179,8 +209,10 @@ def train_stage(cfg: Config, stage: str, run_dir: Path, resume: bool = False,
 
         if not use_kd:
             # Source-only: supervised CE on the clean source view.
-            z_s = _upsample(student(normalize(x_s, cfg.data.mean, cfg.data.std)).logits, crop)
-            loss = wcfg.ce_weight * segmentation_ce(z_s, y_s, ignore)
+            out_s = run_model(train_model, normalize(x_s, cfg.data.mean, cfg.data.std))
+            z_s = _upsample(out_s.logits, crop)
+            ce = dist.global_mean(segmentation_ce(z_s, y_s, ignore), (y_s != ignore).sum())
+            loss = wcfg.ce_weight * ce
             log["ce"] = loss.item()
             visuals["prediction"] = z_s.argmax(1)
         else:
@@ -211,16 +243,17 @@ def train_stage(cfg: Config, stage: str, run_dir: Path, resume: bool = False,
             else:
                 student_in = teacher_in = views
 
-            out_s = student(normalize(student_in, cfg.data.mean, cfg.data.std))
+            out_s = run_model(train_model, normalize(student_in, cfg.data.mean, cfg.data.std))
             with torch.no_grad():
-                out_t = teacher(normalize(teacher_in, cfg.data.mean, cfg.data.std))
+                out_t = run_model(teacher_model, normalize(teacher_in, cfg.data.mean, cfg.data.std))
             z_s = _upsample(out_s.logits, crop)
             z_t = _upsample(out_t.logits, crop)
             two_b = 2 * batch
 
             # Symmetric distillation: the teacher's view a supervises the student's view b and
-            # vice versa (never a view with itself); CE keeps the source labels in the loop.
-            ce = segmentation_ce(z_s[:batch], y_s, ignore)
+            # vice versa (never a view with itself); CE keeps the source labels in the loop. Under
+            # DDP a CE mean is over the valid pixels of the global batch, as in one process.
+            ce = dist.global_mean(segmentation_ce(z_s[:batch], y_s, ignore), (y_s != ignore).sum())
             kd = symmetric_distillation(z_t[:two_b], z_s[:two_b], cfg.method.sym_weight)
             loss = wcfg.ce_weight * ce + kd_weight * kd
             log.update(ce=ce.item(), kd=kd.item())
@@ -251,35 +284,44 @@ def train_stage(cfg: Config, stage: str, run_dir: Path, resume: bool = False,
                 sums, counts = class_feature_sums(
                     torch.cat([t_feats_t, out_t.features[batch:two_b]]),
                     torch.cat([agree_t, agree_s]), cfg.num_classes, ignore)
+                # One update from the global batch, so the centroids stay equal on all ranks.
+                sums, counts = dist.all_reduce_sum(sums), dist.all_reduce_sum(counts)
                 centroids = update_centroids(centroids, sums, counts, scfg.centroid_momentum,
                                              scfg.min_pixels)
 
                 y_cm = mix(cm_mask, y_s, p)  # source label where pasted, selected pseudo-label elsewhere
-                ce_mix = segmentation_ce(z_s[two_b:], y_cm, ignore)
+                ce_mix = dist.global_mean(segmentation_ce(z_s[two_b:], y_cm, ignore),
+                                          (y_cm != ignore).sum())
                 loss = loss + scfg.mix_weight * ce_mix
                 log.update(_pseudo_stats(p_t, p, true_t, ignore))
                 log["ce_mix"] = ce_mix.item()
                 visuals.update(target=x_t, class_mix=x_cm, pseudo=p_t, selected=p)
 
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        scaler.scale(loss).backward()  # DDP: gradients averaged over ranks here
         if teacher is not None:
             teacher.update(student, step)  # before the optimiser step (METHOD, EMA teacher)
-        optimizer.step()
+            dist.broadcast_buffers(teacher.model)  # per-rank BN statistics: rank 0's everywhere
+        scaler.step(optimizer)
+        scaler.update()
 
         done = step + 1
         log["loss"] = loss.item()
         progress.update(done, log)
         if done % cfg.train.log_every == 0 or done == steps:
             elapsed = time.perf_counter() - tic
-            append_jsonl(run_dir / "metrics.jsonl",
-                         {"step": done, "lr": lr, **log, "sec_per_step": elapsed / (done - start)})
-        if cfg.train.visual_every and (done % cfg.train.visual_every == 0 or done == steps):
+            log = dist.mean_over_ranks(log)  # the global batch's losses
+            if dist.is_main:
+                append_jsonl(run_dir / "metrics.jsonl", {"step": done, "lr": lr, **log,
+                                                         "sec_per_step": elapsed / (done - start)})
+        if (dist.is_main and cfg.train.visual_every
+                and (done % cfg.train.visual_every == 0 or done == steps)):
             save_grid(run_dir / "visuals" / f"step_{done:06d}.png", visuals, protocol.palette)
         eval_now = cfg.train.eval_every and done % cfg.train.eval_every == 0 and done != steps
         if eval_now:
-            m = evaluate(student, target_val, cfg, device)
-            append_jsonl(run_dir / "metrics.jsonl", {"step": done, "target_val_miou": m.miou})
+            m = evaluate(student, target_val, cfg, device)  # images sharded over the ranks
+            if dist.is_main:
+                append_jsonl(run_dir / "metrics.jsonl", {"step": done, "target_val_miou": m.miou})
         if done % cfg.train.checkpoint_every == 0 and done != steps:
             checkpoint(done, {})
     progress.close()
@@ -288,7 +330,8 @@ def train_stage(cfg: Config, stage: str, run_dir: Path, resume: bool = False,
     final = evaluate(student, target_val, cfg, device) if target_val.has_labels else None
     metrics = {"target_val_miou": final.miou, "target_val_pixel_acc": final.pixel_acc,
                "target_val_iou": final.as_dict()["iou"]} if final else {}
-    append_jsonl(run_dir / "metrics.jsonl", {"step": steps, "final": True, **metrics})
+    if dist.is_main:
+        append_jsonl(run_dir / "metrics.jsonl", {"step": steps, "final": True, **metrics})
     checkpoint(steps, metrics)
     return StageResult(run_dir, steps, metrics)
 

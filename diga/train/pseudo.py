@@ -1,4 +1,10 @@
-"""Between the stages: offline pseudo-labels and class centroids of the target train split."""
+"""Between the stages: offline pseudo-labels and class centroids of the target train split.
+
+Under torchrun the target images are sharded over the ranks (image i on rank i % W): each
+rank writes its own pseudo-label files and rank 0 the manifest once all are written;
+centroid sums and counts are summed over ranks before the division, so the result is the
+single-process one up to floating-point summation order.
+"""
 
 from __future__ import annotations
 
@@ -21,6 +27,7 @@ from diga.data.pseudo_labels import (
 from diga.errors import UserError
 from diga.io import atomic_write, atomic_write_json
 from diga.method import CentroidAccumulator
+from diga.train.distributed import current
 from diga.train.evaluate import predict_logits
 
 CENTROIDS_FILE = "centroids.safetensors"
@@ -37,12 +44,17 @@ def make_pseudo_labels(model: torch.nn.Module, cfg: Config, ckpt: Checkpoint, ou
     """Multi-scale (``cfg.pseudo.scales``) max-fused argmax labels for every target train image.
 
     No confidence threshold. Writes ``out/<name>.png`` (train ids) and ``out/manifest.json``
-    last, so a folder without a manifest is an unfinished one.
+    last, so a folder without a manifest is an unfinished one. ``progress`` counts this
+    rank's images.
     """
+    dist = current()
     dataset = _target_train(cfg)
     model.eval()
-    loader = eval_loader(dataset, cfg.pseudo.batch_size, cfg.data.num_workers)
-    (out / MANIFEST).unlink(missing_ok=True)
+    indices = dist.shard(len(dataset)) if dist.enabled else None
+    loader = eval_loader(dataset, cfg.pseudo.batch_size, cfg.data.num_workers, indices)
+    total = len(indices) if indices is not None else len(dataset)
+    if dist.is_main:
+        (out / MANIFEST).unlink(missing_ok=True)
     done, tic = 0, time.perf_counter()
     for batch in loader:
         images = batch["image"].to(device)
@@ -53,13 +65,16 @@ def make_pseudo_labels(model: torch.nn.Module, cfg: Config, ckpt: Checkpoint, ou
             write_pseudo_label(pseudo_label_path(out, dataset.samples[index].name), label)
         done += len(images)
         if progress is not None:
-            progress(done, len(dataset))
+            progress(done, total)
+    dist.barrier()  # every shard written before the manifest says the folder is complete
     manifest = {
         "model": str(ckpt.folder), "stage": ckpt.meta.get("stage"), "step": ckpt.step,
         "config_hash": ckpt.meta.get("config_hash"), "scales": list(cfg.pseudo.scales),
         "dataset": dataset_identity(dataset, cfg.data), "seconds": time.perf_counter() - tic,
     }
-    atomic_write_json(out / MANIFEST, manifest)
+    if dist.is_main:
+        atomic_write_json(out / MANIFEST, manifest)
+    dist.barrier()  # nobody reads the folder before its manifest exists
     return manifest
 
 
@@ -69,10 +84,15 @@ def make_centroids(model: torch.nn.Module, cfg: Config, out_file: Path, device: 
     """Per-class running mean of the features at pixels the model predicts as that class.
 
     Classes with fewer than ``selftrain.min_pixels`` pixels in an image are skipped for it.
+    Under torchrun: float64 sums and counts of each rank's shard, summed over ranks, then
+    divided; every rank returns the centroids, rank 0 writes the file.
     """
+    dist = current()
     dataset = _target_train(cfg)
     model.eval()
-    loader = eval_loader(dataset, cfg.pseudo.batch_size, cfg.data.num_workers)
+    indices = dist.shard(len(dataset)) if dist.enabled else None
+    loader = eval_loader(dataset, cfg.pseudo.batch_size, cfg.data.num_workers, indices)
+    total = len(indices) if indices is not None else len(dataset)
     acc = CentroidAccumulator(cfg.num_classes, model.feature_dim, cfg.selftrain.min_pixels)
     done = 0
     for batch in loader:
@@ -80,11 +100,16 @@ def make_centroids(model: torch.nn.Module, cfg: Config, out_file: Path, device: 
         acc.add(out.features, out.logits)
         done += len(batch["image"])
         if progress is not None:
-            progress(done, len(dataset))
+            progress(done, total)
+    if dist.enabled:  # on the device: NCCL reduces GPU tensors (a rank may have seen no image)
+        acc.sums = dist.all_reduce_sum(acc.sums.to(device))
+        acc.counts = dist.all_reduce_sum(acc.counts.to(device))
     centroids = acc.centroids().float().cpu()
     tensors = {"centroids": centroids.contiguous(), "counts": acc.counts.cpu().contiguous()}
-    atomic_write(out_file, lambda p: save_file(tensors, str(p),
-                                               metadata={"classes": str(cfg.num_classes)}))
+    if dist.is_main:
+        atomic_write(out_file, lambda p: save_file(tensors, str(p),
+                                                   metadata={"classes": str(cfg.num_classes)}))
+    dist.barrier()  # the file exists for every rank from here on
     return centroids
 
 

@@ -10,8 +10,8 @@ from diga.checkpoint import Checkpoint, load_model, resolve_checkpoint
 from diga.config import Config, config_from_dict
 from diga.data.datasets import build_dataset
 from diga.data.pseudo_labels import MANIFEST, check_manifest, dataset_identity
-from diga.device import select_device
 from diga.errors import UserError
+from diga.train.distributed import current, init_distributed
 from diga.train.loop import SelftrainInputs, StageResult, check_resumable, train_stage
 from diga.train.pseudo import CENTROIDS_FILE, load_centroids, make_centroids, make_pseudo_labels
 
@@ -57,7 +57,7 @@ def ensure_pseudo_labels(cfg: Config, init_dir: Path, device, quiet: bool = Fals
         return folder
     model, _, ckpt = load_model(init_dir, device)
     _check_same_model(cfg, ckpt)
-    if not quiet:
+    if not quiet and current().is_main:
         console.print(f"pseudo-labels: {folder}")
     make_pseudo_labels(model, cfg, ckpt, folder, device)
     return folder
@@ -67,8 +67,8 @@ def ensure_centroids(cfg: Config, init_dir: Path, device, quiet: bool = False):
     path = init_dir / CENTROIDS_FILE
     model, _, ckpt = load_model(init_dir, device)
     _check_same_model(cfg, ckpt)
-    if not path.exists():
-        if not quiet:
+    if not path.exists():  # every rank sees the same answer: the file is written after a collective
+        if not quiet and current().is_main:
             console.print(f"centroids: {path}")
         make_centroids(model, cfg, path, device)
     return load_centroids(path, cfg.num_classes, model.feature_dim)
@@ -87,9 +87,10 @@ def run_selftrain(cfg: Config, init: Path, out: Path, resume: bool = False,
                   show_progress: bool = True) -> list[StageResult]:
     """Self-training rounds ``out/round1``, ``out/round2``, ...; round r starts from round r-1.
 
-    Each round regenerates pseudo-labels and centroids with the model it starts from.
+    Each round regenerates pseudo-labels and centroids with the model it starts from. Under
+    torchrun every rank runs this; pseudo-labelling and centroids are sharded over them.
     """
-    device = select_device(cfg.run.device)
+    _, device = init_distributed(cfg.run)
     resolve_checkpoint(init)  # a clear error when the warm-up run does not exist
     results = []
     for r in range(1, cfg.selftrain.rounds + 1):
