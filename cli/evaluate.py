@@ -63,7 +63,7 @@ def eval_command(
         from diga.data.classes import class_protocol
 
         names13 = class_protocol(13).names
-        vals = [v for n, v in zip(metrics.class_names, metrics.iou) if n in names13 and not math.isnan(v)]
+        vals = [v for n, v in zip(metrics.class_names, metrics.iou, strict=True) if n in names13 and not math.isnan(v)]
         result["miou13"] = sum(vals) / len(vals) if vals else float("nan")
     _print(result, f"target val: {cfg.data.target.kind} ({len(dataset)} images)")
     if json_path is not None:

@@ -7,9 +7,10 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from diga.cli.common import Overrides, console, err_console
 from rich.markup import escape
 from rich.table import Table
+
+from diga.cli.common import Overrides, console, err_console
 
 
 def _size(n: int) -> str:

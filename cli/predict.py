@@ -7,10 +7,10 @@ from typing import Annotated, Any
 
 import numpy as np
 import typer
-from diga.cli.common import console, err_console
 from PIL import Image, UnidentifiedImageError
 from rich.markup import escape
 
+from diga.cli.common import console, err_console
 from diga.errors import UserError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")

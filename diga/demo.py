@@ -78,8 +78,8 @@ def run_demo(out: Path, quick: bool = False, overrides: list[str] | None = None,
         if metrics is None:
             say(f"[{stage}] training {cfg.train.steps} steps -> {run_dir}")
             partial = (run_dir / "checkpoints" / "last").is_dir()
-            metrics = timed(stage, lambda: train_stage(cfg, stage, run_dir, resume=partial,
-                                                       show_progress=show_progress).metrics)
+            metrics = timed(stage, lambda s=stage, d=run_dir, p=partial: train_stage(
+                cfg, s, d, resume=p, show_progress=show_progress).metrics)
         result.miou[stage] = metrics["target_val_miou"]
         say(f"[{stage}] target-val mIoU {result.miou[stage]:.2f}")
 

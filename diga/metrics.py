@@ -41,7 +41,7 @@ class SegMetrics:
         return {
             "miou": self.miou,
             "pixel_acc": self.pixel_acc,
-            "iou": {n: (None if np.isnan(v) else float(v)) for n, v in zip(self.class_names, self.iou)},
+            "iou": {n: (None if np.isnan(v) else float(v)) for n, v in zip(self.class_names, self.iou, strict=True)},
         }
 
 

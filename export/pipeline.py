@@ -14,13 +14,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from diga.export.formats import FORMATS, ExportFormat, formats_for_flags
-from diga.export.onnx_export import ExportWrapper, export_onnx, model_info
-from diga.export.parity import check_parity, evaluate_model_file, target_images
-
 from diga.checkpoint import load_model, resolve_checkpoint
 from diga.config import Config, build_config, deep_merge, parse_overrides
 from diga.errors import UserError
+from diga.export.formats import FORMATS, ExportFormat, formats_for_flags
+from diga.export.onnx_export import ExportWrapper, export_onnx, model_info
+from diga.export.parity import check_parity, evaluate_model_file, target_images
 from diga.io import atomic_write_json
 from diga.runtime.metadata import ModelInfo
 

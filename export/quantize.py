@@ -18,7 +18,6 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from diga.export.onnx_export import write_model
 from onnxruntime.quantization import (
     CalibrationDataReader,
     CalibrationMethod,
@@ -28,6 +27,7 @@ from onnxruntime.quantization import (
     quantize_static,
 )
 
+from diga.export.onnx_export import write_model
 from diga.runtime.metadata import ModelInfo
 from diga.runtime.preprocess import model_input_size, prepare_batch, resize_rgb
 

@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -18,7 +17,7 @@ def run(*args: str):
 def one_error_line(result) -> str:
     assert result.exit_code == 1, result.output
     assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
-    lines = [l for l in result.output.splitlines() if l.strip()]
+    lines = [x for x in result.output.splitlines() if x.strip()]
     assert len(lines) == 1 and lines[0].startswith("error:"), result.output
     assert "Traceback" not in result.output
     return lines[0]
@@ -87,7 +86,7 @@ def test_make_demo_then_train_from_real_layouts(tmp_path):
     assert result.exit_code == 0, result.output
     line = one_error_line(run("data", "make-demo", d))
     assert "not empty" in line or "empty folder" in line
-    keys = [f"data.source.kind=gta5", f"data.source.root={d / 'gta5'}",
+    keys = ["data.source.kind=gta5", f"data.source.root={d / 'gta5'}",
             "data.target.kind=cityscapes", f"data.target.root={d / 'cityscapes'}",
             "train.steps=3", "train.batch_size=2", "train.crop=32x64", "data.num_workers=0",
             "run.device=cpu", "train.visual_every=0"]

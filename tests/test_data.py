@@ -18,14 +18,14 @@ def test_classes_agree_with_cityscapesscripts():
     from cityscapesscripts.helpers.labels import labels
 
     proto = class_protocol(19)
-    official = sorted((l for l in labels if 0 <= l.trainId < 255), key=lambda l: l.trainId)
-    assert list(proto.names) == [l.name for l in official]
-    assert [tuple(c) for c in proto.palette] == [tuple(l.color) for l in official]
-    assert list(proto.train_to_label_id) == [l.id for l in official]
+    official = sorted((x for x in labels if 0 <= x.trainId < 255), key=lambda x: x.trainId)
+    assert list(proto.names) == [x.name for x in official]
+    assert [tuple(c) for c in proto.palette] == [tuple(x.color) for x in official]
+    assert list(proto.train_to_label_id) == [x.id for x in official]
     lut = proto.label_id_lut()
-    for l in labels:
-        if l.id >= 0:
-            assert lut[l.id] == (l.trainId if 0 <= l.trainId < 255 else 255), l.name
+    for x in labels:
+        if x.id >= 0:
+            assert lut[x.id] == (x.trainId if 0 <= x.trainId < 255 else 255), x.name
 
 
 def test_16_and_13_class_protocols():
@@ -140,7 +140,7 @@ def test_infinite_sampler_resumes_and_shards():
     assert sorted(i for i, _ in stream[:5]) == list(range(5))
     # two ranks interleave the global stream exactly
     r0, r1 = iter(InfiniteSampler(5, 3, rank=0, world_size=2)), iter(InfiniteSampler(5, 3, rank=1, world_size=2))
-    merged = [x for pair in zip([next(r0) for _ in range(6)], [next(r1) for _ in range(6)]) for x in pair]
+    merged = [x for pair in zip([next(r0) for _ in range(6)], [next(r1) for _ in range(6)], strict=True) for x in pair]
     assert merged == stream[:12]
 
 
@@ -152,7 +152,7 @@ def test_data_check_reports_every_problem(tmp_path):
     (gta / "labels" / "00003.png").unlink()  # missing label
     cs = tmp_path / "cs"
     (cs / "leftImg8bit" / "train").mkdir(parents=True)  # empty splits
-    cfg = load_config("demo", [f"data.source.kind=gta5", f"data.source.root={gta}",
+    cfg = load_config("demo", ["data.source.kind=gta5", f"data.source.root={gta}",
                                "data.target.kind=cityscapes", f"data.target.root={cs}"])
     text, n = format_reports(check_datasets(cfg))
     assert "cannot decode image" in text and "00000.png" in text

@@ -13,17 +13,17 @@ import onnx
 import pytest
 import torch
 import torch.nn.functional as F
+from typer.testing import CliRunner
+
+from diga.checkpoint import save_checkpoint
 from diga.cli.app import app
+from diga.config import load_config
+from diga.data.datasets import build_dataset, normalize
+from diga.errors import UserError
 from diga.export import FORMATS, formats_for_flags
 from diga.export.onnx_export import ExportWrapper, export_onnx, model_info
 from diga.export.parity import TargetImage, check_parity, target_images
 from diga.export.pipeline import ExportOptions, export_checkpoint
-from typer.testing import CliRunner
-
-from diga.checkpoint import save_checkpoint
-from diga.config import load_config
-from diga.data.datasets import build_dataset, normalize
-from diga.errors import UserError
 from diga.models import available_models, build_model
 from diga.runtime import Segmenter
 from diga.runtime.tensorrt_engine import cuda_device_count

@@ -50,6 +50,6 @@ def test_miou_agrees_with_cityscapes_evaluator(tmp_path):
     result = ev.evaluateImgLists(preds, gts, ev.args)
     ours = metrics_from_confusion(conf, proto.names)
     assert ours.miou / 100 == pytest.approx(result["averageScoreClasses"], abs=1e-6)
-    for name, iou in zip(proto.names, ours.iou):
+    for name, iou in zip(proto.names, ours.iou, strict=True):
         theirs = result["classScores"][name]
         assert (math.isnan(iou) and math.isnan(theirs)) or iou / 100 == pytest.approx(theirs, abs=1e-6)

@@ -10,13 +10,13 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from diga.cli.app import app
-from diga.export.onnx_export import export_onnx, model_info
 from PIL import Image
 from typer.testing import CliRunner
 
 from diga.checkpoint import save_checkpoint
+from diga.cli.app import app
 from diga.config import load_config
+from diga.export.onnx_export import export_onnx, model_info
 from diga.models import build_model
 from diga.runtime import engine_sidecar
 

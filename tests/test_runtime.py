@@ -14,11 +14,11 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from diga.export.onnx_export import ExportWrapper, export_onnx, model_info
 from PIL import Image
 
 from diga.config import load_config
 from diga.errors import UserError
+from diga.export.onnx_export import ExportWrapper, export_onnx, model_info
 from diga.models import build_model
 from diga.runtime import (
     ModelInfo,

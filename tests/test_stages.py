@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -120,7 +119,7 @@ def test_selftrain_rounds_and_resume(tmp_path, warm, tiny):
     assert (init / "pseudo" / "manifest.json").is_file() and (init / "centroids.safetensors").is_file()
     assert (tmp_path / "st" / "round1" / "pseudo" / "manifest.json").is_file()  # round 2's labels
     assert resolve_checkpoint(tmp_path / "st").folder.parent.parent.name == "round2"
-    log = [json.loads(l) for l in (tmp_path / "st/round1/metrics.jsonl").read_text().splitlines()]
+    log = [json.loads(x) for x in (tmp_path / "st/round1/metrics.jsonl").read_text().splitlines()]
     step = log[0]
     assert 0 < step["kept"] <= 1 and 0 <= step["pl_acc_raw"] <= 1 and "ce_mix" in step
     ckpt = resolve_checkpoint(tmp_path / "st" / "round1")

@@ -25,8 +25,8 @@ def test_source_training_writes_the_run(tmp_path, tiny):
     run = tmp_path / "run"
     assert result.step == 4 and 0 <= result.metrics["target_val_miou"] <= 100
     assert (run / "config.yaml").is_file()
-    lines = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
-    assert [l["step"] for l in lines if "ce" in l] == [1, 2, 3, 4]
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in lines if "ce" in x] == [1, 2, 3, 4]
     assert lines[-1]["final"] and lines[-1]["target_val_miou"] == result.metrics["target_val_miou"]
     assert sorted(p.name for p in (run / "visuals").iterdir()) == ["step_000002.png", "step_000004.png"]
     ckpt = resolve_checkpoint(run)

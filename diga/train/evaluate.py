@@ -84,7 +84,7 @@ def _save_label_ids(out: Path, dataset: SegDataset, indices: list[int], pred: to
     from diga.io import atomic_write
 
     label_ids = train_to_label_id[pred.cpu().numpy()]  # (B, H, W) Cityscapes label ids
-    for index, ids in zip(indices, label_ids):
+    for index, ids in zip(indices, label_ids, strict=True):
         name = Path(dataset.samples[index].name)
         stem = name.name.removesuffix("_leftImg8bit.png").rsplit(".", 1)[0]
         path = out / name.parent / f"{stem}_pred_labelIds.png"

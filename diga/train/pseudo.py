@@ -61,7 +61,7 @@ def make_pseudo_labels(model: torch.nn.Module, cfg: Config, ckpt: Checkpoint, ou
         logits = predict_logits(model, images, tuple(images.shape[-2:]), cfg.data.mean,
                                 cfg.data.std, tuple(cfg.pseudo.scales))
         labels = logits.argmax(1).to(torch.uint8).cpu().numpy()  # (B, H, W) train ids
-        for index, label in zip(batch["index"].tolist(), labels):
+        for index, label in zip(batch["index"].tolist(), labels, strict=True):
             write_pseudo_label(pseudo_label_path(out, dataset.samples[index].name), label)
         done += len(images)
         if progress is not None:
