@@ -63,7 +63,6 @@ def run_demo(out: Path, quick: bool = False, overrides: list[str] | None = None,
                         "pass --resume to continue it, or choose another --out")
     cfg = demo_config(quick, overrides or [])
     result = DemoResult(out)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
 
     def timed(name: str, fn: Callable[[], Any]) -> Any:
         tic = time.perf_counter()
