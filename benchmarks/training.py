@@ -87,6 +87,7 @@ def real_step_time(cfg: Config, stage: str, steps: int, work: Path) -> float:
     for key, value in keys.items():
         section, name = key.split(".")
         setattr(getattr(run_cfg, section), name, value)
+    run_cfg.selftrain.steps = None  # every stage runs the measured steps
     if stage == "selftrain":
         init = work / "init"
         if not (init / "checkpoints").exists():

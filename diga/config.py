@@ -222,6 +222,7 @@ class SelftrainConfig(Section):
     selection: Literal["consensus", "argmax", "threshold"] = "consensus"
     threshold: float = Field(0.9, ge=0, le=1)  # only for selection=threshold (an ablation)
     rounds: int = Field(1, ge=1)
+    steps: int | None = Field(None, ge=1)  # steps per round; None: train.steps
 
 
 class PseudoConfig(Section):
@@ -304,6 +305,12 @@ class Config(Section):
     @property
     def num_classes(self) -> int:
         return self.data.classes
+
+    def stage_steps(self, stage: str) -> int:
+        """Optimiser steps of a stage: ``train.steps``, or ``selftrain.steps`` per round."""
+        if stage == "selftrain" and self.selftrain.steps is not None:
+            return self.selftrain.steps
+        return self.train.steps
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")

@@ -22,8 +22,8 @@ from diga.errors import UserError
 from diga.io import atomic_write, atomic_write_json, atomic_write_text
 
 # --quick: a smoke run of every step in about two minutes on a 2-core CPU
-QUICK = ["train.steps=60", "data.builtin.source_train=64", "data.builtin.target_train=64",
-         "data.builtin.target_val=24", "train.log_every=10", "train.checkpoint_every=30",
+QUICK = ["train.steps=60", "selftrain.steps=60", "data.builtin.source_train=64",
+         "data.builtin.target_train=64", "data.builtin.target_val=24", "train.log_every=10", "train.checkpoint_every=30",
          "train.visual_every=30", "export.calib_images=8", "export.parity_images=4",
          "bench.time_budget_s=1.0"]
 STAGES = ("source", "warmup", "selftrain round 1", "selftrain round 2")
@@ -85,7 +85,7 @@ def run_demo(out: Path, quick: bool = False, overrides: list[str] | None = None,
     # ---- 2. DiGA stage 2: two rounds of self-training from the warm-up
     st_cfg = cfg.model_copy(deep=True)
     st_cfg.selftrain.rounds = 2
-    say(f"[selftrain] 2 rounds of {cfg.train.steps} steps -> {out / 'selftrain'}")
+    say(f"[selftrain] 2 rounds of {cfg.stage_steps('selftrain')} steps -> {out / 'selftrain'}")
     rounds = timed("selftrain", lambda: run_selftrain(
         st_cfg, out / "warmup", out / "selftrain", resume=True, show_progress=show_progress))
     for r, stage_result in enumerate(rounds, 1):
@@ -170,7 +170,8 @@ def _markdown(result: DemoResult, cfg: Config) -> str:
              f"Built-in benchmark ({cfg.data.builtin.size[0]}x{cfg.data.builtin.size[1]}, "
              f"{cfg.data.builtin.source_train} source / {cfg.data.builtin.target_train} target train "
              f"/ {cfg.data.builtin.target_val} target val images), {cfg.model.name}, "
-             f"{cfg.train.steps} steps per stage.", "",
+             f"{cfg.train.steps} steps for source-only and warm-up, "
+             f"{cfg.stage_steps('selftrain')} per self-training round.", "",
              "| stage | target-val mIoU |", "|---|---|"]
     lines += [f"| {stage} | {miou:.2f} |" for stage, miou in result.miou.items()]
     lines += ["", "![mIoU per stage](miou_per_stage.png)", "",

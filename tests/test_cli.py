@@ -43,6 +43,8 @@ def test_help_lists_the_verbs():
     (["train", "selftrain", "train.steps=1"], "needs a warm-up run"),
     (["train", "selftrain", "--init", "/nonexistent/warm"], "model not found: /nonexistent/warm"),
     (["pseudo", "/nonexistent/warm"], "model not found"),
+    (["train", "warmup", "train.crop=64x128", "warmup.fda_band=0.01", "train.steps=1"],
+     "warmup.fda_band=0.01 selects no frequency at crop 64x128"),
 ])
 def test_user_errors_are_one_line(tmp_path, args, message):
     line = one_error_line(run(*args, "--out", tmp_path / "o") if args[0] == "train" else run(*args))

@@ -14,7 +14,17 @@ def test_presets_load(preset):
     cfg = load_config(preset)
     assert isinstance(cfg, Config)
     assert cfg.warmup.kd_weight == 0.5 and cfg.selftrain.kd_weight == 0.25
-    assert cfg.method.ema_max == 0.999 and cfg.selftrain.centroid_momentum == 1e-4
+    # the demo's 600-step stages from scratch follow a shorter EMA (see demo.yaml)
+    assert cfg.method.ema_max == (0.99 if preset == "demo" else 0.999)
+    assert cfg.selftrain.centroid_momentum == 1e-4
+
+
+def test_selftrain_steps_default_to_train_steps():
+    cfg = load_config("gta2cs-deeplabv2", ["train.steps=123"])
+    assert cfg.stage_steps("warmup") == cfg.stage_steps("selftrain") == 123
+    cfg = load_config("demo", ["train.steps=50", "selftrain.steps=20"])
+    assert (cfg.stage_steps("source"), cfg.stage_steps("warmup"), cfg.stage_steps("selftrain")) \
+        == (50, 50, 20)
 
 
 def test_paper_preset_has_method_defaults():

@@ -113,9 +113,10 @@ def test_pseudo_labels_of_another_dataset_are_refused(tmp_path, warm, tiny):
 def test_selftrain_rounds_and_resume(tmp_path, warm, tiny):
     init = tmp_path / "warm"
     shutil.copytree(warm, init)
-    cfg = load_config("demo", tiny + ["selftrain.rounds=2"])
+    cfg = load_config("demo", tiny + ["selftrain.rounds=2", "selftrain.steps=3"])
     results = run_selftrain(cfg, init, tmp_path / "st", show_progress=False)
     assert [r.run_dir.name for r in results] == ["round1", "round2"]
+    assert [r.step for r in results] == [3, 3]  # selftrain.steps per round, not train.steps=4
     assert (init / "pseudo" / "manifest.json").is_file() and (init / "centroids.safetensors").is_file()
     assert (tmp_path / "st" / "round1" / "pseudo" / "manifest.json").is_file()  # round 2's labels
     assert resolve_checkpoint(tmp_path / "st").folder.parent.parent.name == "round2"

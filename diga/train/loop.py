@@ -108,7 +108,7 @@ def train_stage(cfg: Config, stage: str, run_dir: Path, resume: bool = False,
     wcfg, scfg = cfg.warmup, cfg.selftrain
     use_kd = stage == "selftrain" or (stage == "warmup" and wcfg.symkd)
     use_mixture = use_kd and wcfg.mixture
-    steps, batch = cfg.train.steps, cfg.train.batch_size // dist.world_size  # per-rank batch
+    steps, batch = cfg.stage_steps(stage), cfg.train.batch_size // dist.world_size  # per-rank batch
 
     # ---- data: a source stream; target images when a translator or self-training needs them
     source = build_dataset(cfg, "source", "train", train=True)
@@ -202,7 +202,7 @@ def train_stage(cfg: Config, stage: str, run_dir: Path, resume: bool = False,
         y_s = sb["label"].to(device, non_blocking=True).long()  # (B, H, W)
         crop = tuple(y_s.shape[-2:])
         log: dict[str, float] = {}
-        visuals: dict[str, torch.Tensor] = {"source": x_s, "label": y_s}
+        visuals: dict[str, torch.Tensor] = {"source": x_s}  # + views; prediction, label last
         if target_iter is not None:
             tb = next(target_iter)
             x_t = tb["image"].to(device, non_blocking=True).float() / 255.0
@@ -214,7 +214,6 @@ def train_stage(cfg: Config, stage: str, run_dir: Path, resume: bool = False,
             ce = dist.global_mean(segmentation_ce(z_s, y_s, ignore), (y_s != ignore).sum())
             loss = wcfg.ce_weight * ce
             log["ce"] = loss.item()
-            visuals["prediction"] = z_s.argmax(1)
         else:
             # Views: clean source, and a second view that mixes augmented source classes into a
             # target-looking rendering of the same image (cross-domain mixture), so the student
@@ -257,7 +256,6 @@ def train_stage(cfg: Config, stage: str, run_dir: Path, resume: bool = False,
             kd = symmetric_distillation(z_t[:two_b], z_s[:two_b], cfg.method.sym_weight)
             loss = wcfg.ce_weight * ce + kd_weight * kd
             log.update(ce=ce.item(), kd=kd.item())
-            visuals["prediction"] = z_s[:batch].argmax(1)
 
             if stage == "selftrain":
                 t_logits_t = out_t.logits[two_b:]  # teacher on x_t, feature resolution
@@ -316,7 +314,9 @@ def train_stage(cfg: Config, stage: str, run_dir: Path, resume: bool = False,
                                                          "sec_per_step": elapsed / (done - start)})
         if (dist.is_main and cfg.train.visual_every
                 and (done % cfg.train.visual_every == 0 or done == steps)):
-            save_grid(run_dir / "visuals" / f"step_{done:06d}.png", visuals, protocol.palette)
+            prediction = z_s[:batch].detach().argmax(1)  # only here: argmax is not free
+            save_grid(run_dir / "visuals" / f"step_{done:06d}.png",
+                      {**visuals, "prediction": prediction, "label": y_s}, protocol.palette)
         eval_now = cfg.train.eval_every and done % cfg.train.eval_every == 0 and done != steps
         if eval_now:
             m = evaluate(student, target_val, cfg, device)  # images sharded over the ranks

@@ -98,7 +98,7 @@ def run_selftrain(cfg: Config, init: Path, out: Path, resume: bool = False,
         init_dir = init if r == 1 else out / f"round{r - 1}"
         if (round_dir / "checkpoints" / "last").is_dir():
             ckpt = resolve_checkpoint(round_dir)
-            if ckpt.step >= cfg.train.steps:
+            if ckpt.step >= cfg.stage_steps("selftrain"):
                 results.append(StageResult(round_dir, ckpt.step, ckpt.meta.get("metrics", {})))
                 continue  # finished before an interruption
             if not resume:

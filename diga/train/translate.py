@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -23,6 +24,14 @@ def build_translator(cfg: Config, device: torch.device) -> Translator:
     kind = cfg.warmup.translator
     if kind == "fda":
         band = cfg.warmup.fda_band
+        h, w = cfg.train.crop
+        if math.floor(min(h, w) * band) == 0:  # FDA would return the source image unchanged
+            raise UserError(
+                f"warmup.fda_band={band} selects no frequency at crop {h}x{w} "
+                f"(band = floor({min(h, w)} * {band}) = 0), so the cross-domain mixture would "
+                "not translate anything",
+                f"raise it to at least {1.5 / min(h, w):.2g}; {5.5 / min(h, w):.2g} keeps the "
+                "paper's 5-frequency band (0.01 at 512 rows)")
         return lambda x_s, x_t: fda(x_s, x_t, band)
     if kind == "none":
         augment = PhotometricAugment.from_config(cfg.method.augment).to(device)
