@@ -32,7 +32,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from diga.checkpoint import resolve_checkpoint
 from diga.config import Config, load_config
 from diga.io import atomic_write_json, atomic_write_text
 
@@ -50,13 +49,6 @@ def oracle_config(cfg: Config) -> Config:
     return out
 
 
-def _finished(run_dir: Path, steps: int) -> dict[str, Any] | None:
-    if not (run_dir / "checkpoints" / "last").is_dir():
-        return None
-    ckpt = resolve_checkpoint(run_dir)
-    return ckpt.meta.get("metrics", {}) if ckpt.step >= steps else None
-
-
 def _pseudo_means(run_dir: Path) -> dict[str, float]:
     """Means over a self-training round's logged steps of the pseudo-label diagnostics."""
     rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -67,11 +59,11 @@ def _pseudo_means(run_dir: Path) -> dict[str, float]:
 def run_seed(cfg: Config, out: Path, say: Callable[[str], None] = print) -> dict[str, Any]:
     """Every row and ablation for ``cfg.run.seed`` into ``out``; finished runs are reused."""
     from diga.train.loop import train_stage
-    from diga.train.stages import run_selftrain
+    from diga.train.stages import finished_metrics, run_selftrain
 
     def stage(name: str, run_cfg: Config, kind: str) -> float:
         run_dir = out / name
-        metrics = _finished(run_dir, run_cfg.stage_steps(kind))
+        metrics = finished_metrics(run_dir, run_cfg.stage_steps(kind))
         if metrics is None:
             say(f"seed {run_cfg.run.seed}: {name}")
             partial = (run_dir / "checkpoints" / "last").is_dir()

@@ -16,304 +16,46 @@ file was exported from, on the same images. A backend that cannot run here is a 
 ``unavailable: <reason>``; a failure while measuring is ``error: <reason>``.
 """
 
+
 from __future__ import annotations
 
-import difflib
 import json
-import resource
-import sys
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from diga.benchmarks.discovery import (
+    ModelEntry,
+    ModelGroup,
+    TargetSet,
+    check_backends,
+    expand_models,
+)
 from diga.benchmarks.flops import achieved_gflops, model_flops
-from diga.checkpoint import (
-    META_FILE,
-    Checkpoint,
-    config_for_model,
-    load_model,
-    resolve_checkpoint,
+from diga.benchmarks.runners import (
+    RuntimeRunner,
+    TorchRunner,
+    _gpu_used_mb,
+    latency_stats,
+    reset_peak_rss,
+    rss_mb,
+    time_loop,
 )
 from diga.config import Config, load_config
 from diga.data.classes import class_protocol
-from diga.data.datasets import build_dataset
-from diga.device import select_device
 from diga.errors import UserError
-from diga.export.formats import BACKENDS, FORMATS, ExportFormat, format_of_file
+from diga.export.formats import BACKENDS, ExportFormat
 from diga.metrics import confusion_matrix, metrics_from_confusion
-from diga.runtime import ModelInfo, Segmenter, prepare_batch
 from diga.runtime.preprocess import resize_rgb
 
-MODEL_SUFFIXES = (".onnx", ".engine")
 Say = Callable[[str], None]
 
 
-def check_backends(names: list[str]) -> list[str]:
-    """Validate ``--backend`` names against the format table (one error with a did-you-mean)."""
-    for name in names:
-        if name not in BACKENDS:
-            close = difflib.get_close_matches(name, list(BACKENDS), n=1)
-            raise UserError(f"unknown backend '{name}'", f"did you mean '{close[0]}'?" if close
-                            else f"choose from: {', '.join(BACKENDS)}")
-    return list(dict.fromkeys(names))
-
-
-# ---------------------------------------------------------------- which models
-
-@dataclass
-class ModelEntry:
-    """One model to bench: a checkpoint folder (run by torch) or an exported file."""
-
-    path: Path
-    format: ExportFormat
-    cfg: Config  # the run's config + overrides: target data, eval batch, bench settings
-    reference: Path | None  # checkpoint folder of the fp32 PyTorch model it was exported from
-    notes: tuple[str, ...] = ()
-
-
-@dataclass
-class ModelGroup:
-    """What one MODEL argument expanded to."""
-
-    argument: Path
-    is_run: bool  # a run directory: a missing backend is worth a row saying so
-    entries: list[ModelEntry]
-
-
-def expand_models(models: list[Path], overrides: list[str]) -> list[ModelGroup]:
-    """Run dirs -> their checkpoint + ``<run>/export`` files; checkpoint folders; model files.
-
-    Raises:
-        UserError: a path that does not exist or is no model.
-    """
-    from diga.export.pipeline import default_out_dir
-
-    seen: set[Path] = set()
-    groups = []
-    for arg in map(Path, models):
-        if arg.suffix.lower() in MODEL_SUFFIXES or arg.is_file():
-            if not arg.is_file():
-                raise UserError(f"model not found: {arg}", "give a run directory, a checkpoint "
-                                "folder, an .onnx or an .engine file")
-            fmt = format_of_file(arg)
-            ckpt = _checkpoint_of_export(arg.parent)
-            cfg = config_for_model(arg, overrides)  # the run's config, as diga eval takes it
-            # config_for_model falls back to the demo preset where no run config is found
-            runless = not any((f / "config.yaml").is_file() for f in (arg.parent, arg.parent.parent))
-            notes = (f"no run found for {arg.name}: target data from the demo preset + "
-                     "overrides",) if runless else ()
-            entries = [ModelEntry(arg, fmt, cfg, ckpt.folder if ckpt else None, notes)]
-            is_run = False
-        else:
-            ckpt = resolve_checkpoint(arg)
-            cfg = config_for_model(arg, overrides)
-            entries = [ModelEntry(ckpt.folder, FORMATS["torch"], cfg, ckpt.folder)]
-            is_run = not (arg / META_FILE).is_file()
-            if is_run:
-                export_dir = default_out_dir(arg)
-                source = _checkpoint_of_export(export_dir) or ckpt
-                entries += [ModelEntry(f, format_of_file(f), cfg, source.folder)
-                            for f in exported_files(export_dir)]
-        fresh = [e for e in entries if e.path.resolve() not in seen]
-        seen.update(e.path.resolve() for e in fresh)
-        groups.append(ModelGroup(arg, is_run, fresh))
-    return groups
-
-
-def exported_files(folder: Path) -> list[Path]:
-    """The model files in an export folder, in the order of the format table."""
-    if not folder.is_dir():
-        return []
-    order = list(FORMATS)
-    files = [p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in MODEL_SUFFIXES]
-    return sorted(files, key=lambda p: (order.index(format_of_file(p).name), p.name))
-
-
-def _checkpoint_of_export(folder: Path) -> Checkpoint | None:
-    """The checkpoint an export folder was written from: export.json's, else ``<run>/checkpoints``."""
-    try:
-        recorded = json.loads((folder / "export.json").read_text()).get("checkpoint")
-        if recorded and (Path(recorded) / META_FILE).is_file():
-            return Checkpoint(Path(recorded))
-    except (OSError, ValueError, AttributeError):
-        pass
-    try:
-        return resolve_checkpoint(folder.parent) if folder.name == "export" else None
-    except UserError:
-        return None
-
-
 # ---------------------------------------------------------------- measuring
-
-class TargetSet:
-    """The first N target val items, read as ``diga eval`` reads them.
-
-    Items are kept in memory up to ``cache_bytes`` (the whole demo set) and read again from the
-    dataset beyond that (full-size Cityscapes), so memory stays bounded for any ``max_images``.
-    """
-
-    def __init__(self, cfg: Config, cache_bytes: int = 512 * 2**20) -> None:
-        self.dataset = build_dataset(cfg, "target", "val", train=False)
-        limit = cfg.bench.max_images
-        self.count = len(self.dataset) if limit is None else min(limit, len(self.dataset))
-        self.has_labels = self.dataset.has_labels
-        self.cache_bytes = cache_bytes
-        self._cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-        self._cached = 0
-
-    def item(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """uint8 image (3, H, W) after the domain's resize, uint8 label (H, W) at its own size."""
-        if i in self._cache:
-            return self._cache[i]
-        it = self.dataset[i]
-        pair = (it["image"], it["label"])
-        size = pair[0].numel() + pair[1].numel()
-        if self._cached + size <= self.cache_bytes:
-            self._cache[i] = pair
-            self._cached += size
-        return pair
-
-    def hwc(self, i: int) -> np.ndarray:
-        return self.item(i)[0].permute(1, 2, 0).numpy()  # (H, W, 3) RGB uint8
-
-    def label_size(self, i: int) -> tuple[int, int]:
-        return tuple(self.item(i)[1].shape[-2:])  # type: ignore[return-value]
-
-    def batches(self, size: int) -> Iterator[list[int]]:
-        """Consecutive index chunks, as ``eval_loader`` batches them."""
-        for start in range(0, self.count, size):
-            yield list(range(start, min(start + size, self.count)))
-
-
-def time_loop(fn: Callable[[], Any], warmup: int, budget_s: float, min_iters: int,
-              max_iters: int) -> np.ndarray:
-    """Seconds per call of ``fn`` after ``warmup`` untimed calls, for about ``budget_s`` seconds."""
-    for _ in range(warmup):
-        fn()
-    times: list[float] = []
-    start = time.perf_counter()
-    while len(times) < max_iters and (len(times) < min_iters
-                                      or time.perf_counter() - start < budget_s):
-        tic = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - tic)
-    return np.asarray(times)
-
-
-def latency_stats(seconds: np.ndarray) -> dict[str, float | int]:
-    ms = seconds * 1000.0
-    p50, p90, p99 = np.percentile(ms, [50, 90, 99])
-    return {"mean": float(ms.mean()), "p50": float(p50), "p90": float(p90), "p99": float(p99),
-            "min": float(ms.min()), "iterations": int(ms.size), "total_s": float(seconds.sum())}
-
-
-def reset_peak_rss() -> bool:
-    """Reset the kernel's peak-RSS mark of this process (Linux); False where it cannot."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
-
-
-def rss_mb(field: str = "VmHWM") -> float:
-    """This process's peak (``VmHWM``) or current (``VmRSS``) resident memory in MiB."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(f"{field}:"):
-                return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
-    return peak / 2**20 if sys.platform == "darwin" else peak / 1024.0
-
-
-class TorchRunner:
-    """A checkpoint on the config's device: the exported graph for timing, ``diga eval``'s code
-    for predictions."""
-
-    def __init__(self, folder: Path, cfg: Config, compile: bool = False) -> None:
-        from diga.export.onnx_export import ExportWrapper
-
-        self.cfg = cfg
-        self.device = select_device(cfg.run.device)
-        self.eager, _, _ = load_model(folder, self.device)
-        self.model = torch.compile(self.eager) if compile else self.eager
-        protocol = class_protocol(cfg.num_classes)
-        self.info = ModelInfo(protocol.names, protocol.palette, cfg.data.mean, cfg.data.std)
-        self.graph = ExportWrapper(self.model, self.info).to(self.device).eval()
-        self.provider = f"torch {'compile' if compile else 'eager'}"
-        self.static = False
-
-    def prepare(self, images: list[np.ndarray]) -> torch.Tensor:
-        return torch.from_numpy(prepare_batch(images, self.info)).to(self.device)
-
-    @torch.inference_mode()
-    def run(self, batch: torch.Tensor) -> torch.Tensor:
-        out = self.graph(batch)
-        if self.device.type == "cuda":
-            torch.cuda.synchronize()
-        return out
-
-    def predict(self, target: TargetSet) -> list[np.ndarray]:
-        from diga.train.evaluate import predict_logits
-
-        preds: list[np.ndarray] = []
-        for chunk in target.batches(self.cfg.eval.batch_size):
-            images = torch.stack([target.item(i)[0] for i in chunk]).to(self.device)
-            size = target.label_size(chunk[0])
-            logits = predict_logits(self.model, images, size, self.cfg.data.mean, self.cfg.data.std)
-            preds.extend(logits.argmax(1).to(torch.uint8).cpu().numpy())
-        return preds
-
-    def flops_graph(self) -> torch.nn.Module:
-        from diga.export.onnx_export import ExportWrapper
-
-        return ExportWrapper(self.eager, self.info)
-
-    def close(self) -> None:
-        self.graph = self.model = self.eager = None  # type: ignore[assignment]
-
-
-class RuntimeRunner:
-    """An exported file through ``diga.runtime.Segmenter``, exactly as an app runs it."""
-
-    def __init__(self, path: Path, backend: str) -> None:
-        self.seg = Segmenter(path, backend=backend)
-        self.info = self.seg.info
-        self.provider = self.seg.provider
-        self.device = torch.device("cpu" if self.provider == "CPUExecutionProvider" else "cuda")
-        self.static = not self.info.dynamic
-
-    def prepare(self, images: list[np.ndarray]) -> np.ndarray:
-        return self.seg.prepare(images)[0]
-
-    def run(self, batch: np.ndarray) -> np.ndarray:
-        return self.seg.run(batch)
-
-    def predict(self, target: TargetSet) -> list[np.ndarray]:
-        """One image at a time, as ``diga eval FILE`` runs it (same label maps, same mIoU)."""
-        return [self.seg(target.hwc(i), out_size=target.label_size(i)) for i in range(target.count)]
-
-    def flops_graph(self) -> torch.nn.Module | None:
-        from diga.export.onnx_export import ExportWrapper
-        from diga.models import build_model
-
-        name = self.info.provenance.get("model")
-        float_info = self.info.replace(input_kind="float", output_kind="logits", layout="NCHW")
-        try:  # the same architecture, fresh weights: FLOPs do not depend on them
-            return ExportWrapper(build_model(name, self.info.num_classes), float_info)
-        except Exception:  # noqa: BLE001  (no or an unknown model name: FLOPs stay unknown)
-            return None
-
-    def close(self) -> None:
-        self.seg.close()
-
 
 class BenchContext:
     """Caches shared by the rows of one bench: target images, reference predictions, FLOPs."""
@@ -419,13 +161,6 @@ def measure_row(entry: ModelEntry, backend: str, ctx: BenchContext,
     finally:
         runner.close()
     return row
-
-
-def _gpu_used_mb() -> float | None:
-    if not torch.cuda.is_available():
-        return None
-    free, total = torch.cuda.mem_get_info()
-    return (total - free) / 2**20
 
 
 def _measure_speed(runner: TorchRunner | RuntimeRunner, entry: ModelEntry, row: dict[str, Any],

@@ -170,20 +170,12 @@ def predict_command(
             err_console.print(f"[yellow]warning:[/] {escape(str(w.message))}", highlight=False, soft_wrap=True)
     console.print(f"model: {label}", highlight=False)
 
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
+    from rich.progress import Progress
 
-    columns = (TextColumn("[bold]predict[/]"), BarColumn(), MofNCompleteColumn(),
-               TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
-               TextColumn("{task.fields[name]}"))
+    from diga.train.progress import bar_columns
+
     try:
-        with Progress(*columns, console=console, transient=True) as bar:
+        with Progress(*bar_columns("predict", "name"), console=console, transient=True) as bar:
             task = bar.add_task("predict", total=len(images), name="")
             for path, stem in images:
                 bar.update(task, name=path.name)

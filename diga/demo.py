@@ -42,20 +42,12 @@ def demo_config(quick: bool, overrides: list[str]) -> Config:
     return load_config("demo", (QUICK if quick else []) + list(overrides))
 
 
-def _stage_done(run_dir: Path, steps: int) -> dict[str, Any] | None:
-    """Metrics of a finished stage (a resumed demo skips it), else None."""
-    if not (run_dir / "checkpoints" / "last").is_dir():
-        return None
-    ckpt = resolve_checkpoint(run_dir)
-    return ckpt.meta.get("metrics", {}) if ckpt.step >= steps else None
-
-
 def run_demo(out: Path, quick: bool = False, overrides: list[str] | None = None,
              resume: bool = False, say: Callable[[str], None] = print,
              show_progress: bool = True) -> DemoResult:
     """Train, evaluate, export and benchmark every stage into ``out``."""
     from diga.train.loop import train_stage
-    from diga.train.stages import run_selftrain
+    from diga.train.stages import finished_metrics, run_selftrain
 
     out = Path(out)
     if out.is_dir() and any(out.iterdir()) and not resume:
@@ -73,7 +65,7 @@ def run_demo(out: Path, quick: bool = False, overrides: list[str] | None = None,
     # ---- 1. the baseline and DiGA stage 1, each resumable
     for stage in ("source", "warmup"):
         run_dir = out / stage
-        metrics = _stage_done(run_dir, cfg.train.steps)
+        metrics = finished_metrics(run_dir, cfg.train.steps)  # a resumed demo skips it
         if metrics is None:
             say(f"[{stage}] training {cfg.train.steps} steps -> {run_dir}")
             partial = (run_dir / "checkpoints" / "last").is_dir()

@@ -12,7 +12,8 @@ import torch
 from typer.testing import CliRunner
 
 from diga.benchmarks.flops import achieved_gflops, matmul_peak_gflops, model_flops
-from diga.benchmarks.latency import latency_stats, rows_below_miou, time_loop
+from diga.benchmarks.latency import rows_below_miou
+from diga.benchmarks.runners import latency_stats, time_loop
 from diga.cli.app import app
 from diga.config import load_config
 from diga.export.formats import BACKENDS
@@ -37,13 +38,7 @@ def invoke(*args: object):
     return runner.invoke(app, [str(a) for a in args])
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    # tiny tensors on a shared 2-core machine: one thread avoids the contention of two
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
@@ -260,7 +255,7 @@ def test_flop_count_and_peak():
 
 
 def test_every_backend_in_the_table_is_known_to_bench():
-    from diga.benchmarks.latency import check_backends
+    from diga.benchmarks.discovery import check_backends
 
     assert check_backends(list(BACKENDS)) == list(BACKENDS)
 

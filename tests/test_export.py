@@ -38,13 +38,7 @@ HAS_GPU = (cuda_device_count() or 0) > 0
 runner = CliRunner()
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    # tiny tensors on a shared 2-core machine: one thread avoids contention, several times faster
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def make_run(folder: Path, model: torch.nn.Module, metrics: dict | None = None) -> Path:

@@ -12,16 +12,19 @@ from rich.progress import (
 )
 
 
+def bar_columns(title: str, field: str) -> tuple:
+    """Title, bar, n/total, elapsed, ETA, then the text of the task's ``field``."""
+    return (TextColumn(f"[bold]{title}[/]"), BarColumn(), MofNCompleteColumn(),
+            TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
+            TextColumn(f"{{task.fields[{field}]}}"))
+
+
 class StepProgress:
     def __init__(self, name: str, total: int, start: int = 0, enabled: bool = True) -> None:
         self.enabled = enabled
         if not enabled:
             return
-        self.progress = Progress(
-            TextColumn(f"[bold]{name}[/]"), BarColumn(), MofNCompleteColumn(),
-            TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
-            TextColumn("{task.fields[losses]}"), transient=False,
-        )
+        self.progress = Progress(*bar_columns(name, "losses"), transient=False)
         self.progress.start()
         self.task = self.progress.add_task(name, total=total, completed=start, losses="")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 
@@ -83,6 +84,14 @@ def _check_same_model(cfg: Config, ckpt: Checkpoint) -> None:
             "use the same model.name and data.classes as the warm-up run")
 
 
+def finished_metrics(run_dir: Path, steps: int) -> dict[str, Any] | None:
+    """The final metrics of a run that reached ``steps`` (to skip it when rerun), else None."""
+    if not (run_dir / "checkpoints" / "last").is_dir():
+        return None
+    ckpt = resolve_checkpoint(run_dir)
+    return ckpt.meta.get("metrics", {}) if ckpt.step >= steps else None
+
+
 def run_selftrain(cfg: Config, init: Path, out: Path, resume: bool = False,
                   show_progress: bool = True) -> list[StageResult]:
     """Self-training rounds ``out/round1``, ``out/round2``, ...; round r starts from round r-1.
@@ -96,13 +105,13 @@ def run_selftrain(cfg: Config, init: Path, out: Path, resume: bool = False,
     for r in range(1, cfg.selftrain.rounds + 1):
         round_dir = out / f"round{r}"
         init_dir = init if r == 1 else out / f"round{r - 1}"
-        if (round_dir / "checkpoints" / "last").is_dir():
-            ckpt = resolve_checkpoint(round_dir)
-            if ckpt.step >= cfg.stage_steps("selftrain"):
-                results.append(StageResult(round_dir, ckpt.step, ckpt.meta.get("metrics", {})))
-                continue  # finished before an interruption
-            if not resume:
-                prepare_run_dir(round_dir, False, "selftrain")
+        steps = cfg.stage_steps("selftrain")
+        metrics = finished_metrics(round_dir, steps)
+        if metrics is not None:
+            results.append(StageResult(round_dir, steps, metrics))
+            continue  # finished before an interruption
+        if not resume:
+            prepare_run_dir(round_dir, False, "selftrain")
         pseudo_dir = ensure_pseudo_labels(cfg, init_dir, device, quiet=not show_progress)
         centroids = ensure_centroids(cfg, init_dir, device, quiet=not show_progress)
         inputs = SelftrainInputs(resolve_checkpoint(init_dir), pseudo_dir, centroids)

@@ -1,0 +1,164 @@
+"""Which models and which images a bench runs on.
+
+``expand_models`` turns ``diga bench``'s MODEL arguments into entries: a run directory gives its
+checkpoint and the files in ``<run>/export``, a checkpoint folder itself, an ``.onnx`` /
+``.engine`` file itself, each with the config it is evaluated under and the fp32 checkpoint it
+was exported from (the reference for pixel agreement). ``TargetSet`` reads the first
+``bench.max_images`` target val images, as ``diga eval`` reads them.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from diga.checkpoint import META_FILE, Checkpoint, config_for_model, resolve_checkpoint
+from diga.config import Config
+from diga.data.datasets import build_dataset
+from diga.errors import UserError
+from diga.export.formats import BACKENDS, FORMATS, ExportFormat, format_of_file
+
+MODEL_SUFFIXES = (".onnx", ".engine")
+
+
+def check_backends(names: list[str]) -> list[str]:
+    """Validate ``--backend`` names against the format table (one error with a did-you-mean)."""
+    for name in names:
+        if name not in BACKENDS:
+            close = difflib.get_close_matches(name, list(BACKENDS), n=1)
+            raise UserError(f"unknown backend '{name}'", f"did you mean '{close[0]}'?" if close
+                            else f"choose from: {', '.join(BACKENDS)}")
+    return list(dict.fromkeys(names))
+
+
+# ---------------------------------------------------------------- which models
+
+@dataclass
+class ModelEntry:
+    """One model to bench: a checkpoint folder (run by torch) or an exported file."""
+
+    path: Path
+    format: ExportFormat
+    cfg: Config  # the run's config + overrides: target data, eval batch, bench settings
+    reference: Path | None  # checkpoint folder of the fp32 PyTorch model it was exported from
+    notes: tuple[str, ...] = ()
+
+
+@dataclass
+class ModelGroup:
+    """What one MODEL argument expanded to."""
+
+    argument: Path
+    is_run: bool  # a run directory: a missing backend is worth a row saying so
+    entries: list[ModelEntry]
+
+
+def expand_models(models: list[Path], overrides: list[str]) -> list[ModelGroup]:
+    """Run dirs -> their checkpoint + ``<run>/export`` files; checkpoint folders; model files.
+
+    Raises:
+        UserError: a path that does not exist or is no model.
+    """
+    from diga.export.pipeline import default_out_dir
+
+    seen: set[Path] = set()
+    groups = []
+    for arg in map(Path, models):
+        if arg.suffix.lower() in MODEL_SUFFIXES or arg.is_file():
+            if not arg.is_file():
+                raise UserError(f"model not found: {arg}", "give a run directory, a checkpoint "
+                                "folder, an .onnx or an .engine file")
+            fmt = format_of_file(arg)
+            ckpt = _checkpoint_of_export(arg.parent)
+            cfg = config_for_model(arg, overrides)  # the run's config, as diga eval takes it
+            # config_for_model falls back to the demo preset where no run config is found
+            runless = not any((f / "config.yaml").is_file() for f in (arg.parent, arg.parent.parent))
+            notes = (f"no run found for {arg.name}: target data from the demo preset + "
+                     "overrides",) if runless else ()
+            entries = [ModelEntry(arg, fmt, cfg, ckpt.folder if ckpt else None, notes)]
+            is_run = False
+        else:
+            ckpt = resolve_checkpoint(arg)
+            cfg = config_for_model(arg, overrides)
+            entries = [ModelEntry(ckpt.folder, FORMATS["torch"], cfg, ckpt.folder)]
+            is_run = not (arg / META_FILE).is_file()
+            if is_run:
+                export_dir = default_out_dir(arg)
+                source = _checkpoint_of_export(export_dir) or ckpt
+                entries += [ModelEntry(f, format_of_file(f), cfg, source.folder)
+                            for f in exported_files(export_dir)]
+        fresh = [e for e in entries if e.path.resolve() not in seen]
+        seen.update(e.path.resolve() for e in fresh)
+        groups.append(ModelGroup(arg, is_run, fresh))
+    return groups
+
+
+def exported_files(folder: Path) -> list[Path]:
+    """The model files in an export folder, in the order of the format table."""
+    if not folder.is_dir():
+        return []
+    order = list(FORMATS)
+    files = [p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in MODEL_SUFFIXES]
+    return sorted(files, key=lambda p: (order.index(format_of_file(p).name), p.name))
+
+
+def _checkpoint_of_export(folder: Path) -> Checkpoint | None:
+    """The checkpoint an export folder was written from: export.json's, else ``<run>/checkpoints``."""
+    try:
+        recorded = json.loads((folder / "export.json").read_text()).get("checkpoint")
+        if recorded and (Path(recorded) / META_FILE).is_file():
+            return Checkpoint(Path(recorded))
+    except (OSError, ValueError, AttributeError):
+        pass
+    try:
+        return resolve_checkpoint(folder.parent) if folder.name == "export" else None
+    except UserError:
+        return None
+
+
+# ---------------------------------------------------------------- which images
+
+class TargetSet:
+    """The first N target val items, read as ``diga eval`` reads them.
+
+    Items are kept in memory up to ``cache_bytes`` (the whole demo set) and read again from the
+    dataset beyond that (full-size Cityscapes), so memory stays bounded for any ``max_images``.
+    """
+
+    def __init__(self, cfg: Config, cache_bytes: int = 512 * 2**20) -> None:
+        self.dataset = build_dataset(cfg, "target", "val", train=False)
+        limit = cfg.bench.max_images
+        self.count = len(self.dataset) if limit is None else min(limit, len(self.dataset))
+        self.has_labels = self.dataset.has_labels
+        self.cache_bytes = cache_bytes
+        self._cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._cached = 0
+
+    def item(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """uint8 image (3, H, W) after the domain's resize, uint8 label (H, W) at its own size."""
+        if i in self._cache:
+            return self._cache[i]
+        it = self.dataset[i]
+        pair = (it["image"], it["label"])
+        size = pair[0].numel() + pair[1].numel()
+        if self._cached + size <= self.cache_bytes:
+            self._cache[i] = pair
+            self._cached += size
+        return pair
+
+    def hwc(self, i: int) -> np.ndarray:
+        return self.item(i)[0].permute(1, 2, 0).numpy()  # (H, W, 3) RGB uint8
+
+    def label_size(self, i: int) -> tuple[int, int]:
+        return tuple(self.item(i)[1].shape[-2:])  # type: ignore[return-value]
+
+    def batches(self, size: int) -> Iterator[list[int]]:
+        """Consecutive index chunks, as ``eval_loader`` batches them."""
+        for start in range(0, self.count, size):
+            yield list(range(start, min(start + size, self.count)))

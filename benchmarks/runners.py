@@ -1,0 +1,158 @@
+"""What a bench row runs and how it is timed: a checkpoint or an exported file, and the clock.
+
+``TorchRunner`` runs a checkpoint as ``diga export`` ships it (``ExportWrapper``, eager or
+``torch.compile``d) and predicts with ``diga eval``'s code; ``RuntimeRunner`` runs an ``.onnx`` /
+``.engine`` file through ``diga.runtime.Segmenter``, exactly as an app does. ``time_loop`` times
+a call after untimed warm-up runs; ``rss_mb`` and ``_gpu_used_mb`` read the memory it took.
+"""
+
+from __future__ import annotations
+
+import resource
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from diga.benchmarks.discovery import TargetSet
+from diga.checkpoint import load_model
+from diga.config import Config
+from diga.data.classes import class_protocol
+from diga.device import select_device
+from diga.runtime import ModelInfo, Segmenter, prepare_batch
+
+
+def time_loop(fn: Callable[[], Any], warmup: int, budget_s: float, min_iters: int,
+              max_iters: int) -> np.ndarray:
+    """Seconds per call of ``fn`` after ``warmup`` untimed calls, for about ``budget_s`` seconds."""
+    for _ in range(warmup):
+        fn()
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < max_iters and (len(times) < min_iters
+                                      or time.perf_counter() - start < budget_s):
+        tic = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - tic)
+    return np.asarray(times)
+
+
+def latency_stats(seconds: np.ndarray) -> dict[str, float | int]:
+    ms = seconds * 1000.0
+    p50, p90, p99 = np.percentile(ms, [50, 90, 99])
+    return {"mean": float(ms.mean()), "p50": float(p50), "p90": float(p90), "p99": float(p99),
+            "min": float(ms.min()), "iterations": int(ms.size), "total_s": float(seconds.sum())}
+
+
+def reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS mark of this process (Linux); False where it cannot."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def rss_mb(field: str = "VmHWM") -> float:
+    """This process's peak (``VmHWM``) or current (``VmRSS``) resident memory in MiB."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(f"{field}:"):
+                return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024.0
+
+
+def _gpu_used_mb() -> float | None:
+    if not torch.cuda.is_available():
+        return None
+    free, total = torch.cuda.mem_get_info()
+    return (total - free) / 2**20
+
+
+class TorchRunner:
+    """A checkpoint on the config's device: the exported graph for timing, ``diga eval``'s code
+    for predictions."""
+
+    def __init__(self, folder: Path, cfg: Config, compile: bool = False) -> None:
+        from diga.export.onnx_export import ExportWrapper
+
+        self.cfg = cfg
+        self.device = select_device(cfg.run.device)
+        self.eager, _, _ = load_model(folder, self.device)
+        self.model = torch.compile(self.eager) if compile else self.eager
+        protocol = class_protocol(cfg.num_classes)
+        self.info = ModelInfo(protocol.names, protocol.palette, cfg.data.mean, cfg.data.std)
+        self.graph = ExportWrapper(self.model, self.info).to(self.device).eval()
+        self.provider = f"torch {'compile' if compile else 'eager'}"
+        self.static = False
+
+    def prepare(self, images: list[np.ndarray]) -> torch.Tensor:
+        return torch.from_numpy(prepare_batch(images, self.info)).to(self.device)
+
+    @torch.inference_mode()
+    def run(self, batch: torch.Tensor) -> torch.Tensor:
+        out = self.graph(batch)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        return out
+
+    def predict(self, target: TargetSet) -> list[np.ndarray]:
+        from diga.train.evaluate import predict_logits
+
+        preds: list[np.ndarray] = []
+        for chunk in target.batches(self.cfg.eval.batch_size):
+            images = torch.stack([target.item(i)[0] for i in chunk]).to(self.device)
+            size = target.label_size(chunk[0])
+            logits = predict_logits(self.model, images, size, self.cfg.data.mean, self.cfg.data.std)
+            preds.extend(logits.argmax(1).to(torch.uint8).cpu().numpy())
+        return preds
+
+    def flops_graph(self) -> torch.nn.Module:
+        from diga.export.onnx_export import ExportWrapper
+
+        return ExportWrapper(self.eager, self.info)
+
+    def close(self) -> None:
+        self.graph = self.model = self.eager = None  # type: ignore[assignment]
+
+
+class RuntimeRunner:
+    """An exported file through ``diga.runtime.Segmenter``, exactly as an app runs it."""
+
+    def __init__(self, path: Path, backend: str) -> None:
+        self.seg = Segmenter(path, backend=backend)
+        self.info = self.seg.info
+        self.provider = self.seg.provider
+        self.device = torch.device("cpu" if self.provider == "CPUExecutionProvider" else "cuda")
+        self.static = not self.info.dynamic
+
+    def prepare(self, images: list[np.ndarray]) -> np.ndarray:
+        return self.seg.prepare(images)[0]
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        return self.seg.run(batch)
+
+    def predict(self, target: TargetSet) -> list[np.ndarray]:
+        """One image at a time, as ``diga eval FILE`` runs it (same label maps, same mIoU)."""
+        return [self.seg(target.hwc(i), out_size=target.label_size(i)) for i in range(target.count)]
+
+    def flops_graph(self) -> torch.nn.Module | None:
+        from diga.export.onnx_export import ExportWrapper
+        from diga.models import build_model
+
+        name = self.info.provenance.get("model")
+        float_info = self.info.replace(input_kind="float", output_kind="logits", layout="NCHW")
+        try:  # the same architecture, fresh weights: FLOPs do not depend on them
+            return ExportWrapper(build_model(name, self.info.num_classes), float_info)
+        except Exception:  # noqa: BLE001  (no or an unknown model name: FLOPs stay unknown)
+            return None
+
+    def close(self) -> None:
+        self.seg.close()
