@@ -7,7 +7,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import torch
@@ -15,6 +14,7 @@ import torch
 from diga.config import Config
 from diga.errors import UserError
 from diga.method import PhotometricAugment, fda
+from diga.method.fda import low_frequency_band
 
 Translator = Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]
 
@@ -25,7 +25,7 @@ def build_translator(cfg: Config, device: torch.device) -> Translator:
     if kind == "fda":
         band = cfg.warmup.fda_band
         h, w = cfg.train.crop
-        if math.floor(min(h, w) * band) == 0:  # FDA would return the source image unchanged
+        if not low_frequency_band(h, w, band).any():  # FDA would return the source unchanged
             raise UserError(
                 f"warmup.fda_band={band} selects no frequency at crop {h}x{w} "
                 f"(band = floor({min(h, w)} * {band}) = 0), so the cross-domain mixture would "
