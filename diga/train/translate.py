@@ -13,8 +13,7 @@ import torch
 
 from diga.config import Config
 from diga.errors import UserError
-from diga.method import PhotometricAugment, fda
-from diga.method.fda import low_frequency_band
+from diga.method import PhotometricAugment, fda, low_frequency_band
 
 Translator = Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]
 
