@@ -16,6 +16,7 @@ torch.set_num_threads(min(2, os.cpu_count() or 1))
 TINY = [
     "data.builtin.size=32x64", "data.builtin.source_train=8", "data.builtin.target_train=8",
     "data.builtin.target_val=4", "data.num_workers=0", "train.steps=4", "train.batch_size=2",
+    "selftrain.steps=null",  # self-training rounds run train.steps too (demo sets its own)
     "train.crop=32x64", "train.log_every=1", "train.checkpoint_every=2", "train.visual_every=2",
     "eval.batch_size=4", "pseudo.batch_size=4", "run.device=cpu", "warmup.fda_band=0.1",
 ]
