@@ -14,7 +14,7 @@ def test_presets_load(preset):
     cfg = load_config(preset)
     assert isinstance(cfg, Config)
     assert cfg.warmup.kd_weight == 0.5 and cfg.selftrain.kd_weight == 0.25
-    # the demo's 600-step stages from scratch follow a shorter EMA (see demo.yaml)
+    # the demo's 500-step stages from scratch follow a shorter EMA (see demo.yaml)
     assert cfg.method.ema_max == (0.99 if preset == "demo" else 0.999)
     assert cfg.selftrain.centroid_momentum == 1e-4
 
