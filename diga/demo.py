@@ -22,7 +22,7 @@ from diga.errors import UserError
 from diga.io import atomic_write, atomic_write_json, atomic_write_text
 
 # --quick: a smoke run of every step in about two minutes on a 2-core CPU
-QUICK = ["train.steps=60", "selftrain.steps=60", "data.builtin.source_train=64",
+QUICK = ["train.steps=60", "selftrain.steps=40", "data.builtin.source_train=64",
          "data.builtin.target_train=64", "data.builtin.target_val=24", "train.log_every=10",
          "train.checkpoint_every=30", "train.visual_every=30", "export.calib_images=8",
          "export.parity_images=4", "bench.time_budget_s=1.0"]
