@@ -125,14 +125,14 @@ def _checkpoint_of_export(folder: Path) -> Checkpoint | None:
 # ---------------------------------------------------------------- which images
 
 class TargetSet:
-    """The first N target val items, read as ``diga eval`` reads them.
+    """The first N target val items at their own size, as a camera gives them to an app.
 
     Items are kept in memory up to ``cache_bytes`` (the whole demo set) and read again from the
     dataset beyond that (full-size Cityscapes), so memory stays bounded for any ``max_images``.
     """
 
     def __init__(self, cfg: Config, cache_bytes: int = 512 * 2**20) -> None:
-        self.dataset = build_dataset(cfg, "target", "val", train=False)
+        self.dataset = build_dataset(cfg, "target", "val", train=False, native=True)
         limit = cfg.bench.max_images
         self.count = len(self.dataset) if limit is None else min(limit, len(self.dataset))
         self.has_labels = self.dataset.has_labels
@@ -141,7 +141,7 @@ class TargetSet:
         self._cached = 0
 
     def item(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """uint8 image (3, H, W) after the domain's resize, uint8 label (H, W) at its own size."""
+        """uint8 image (3, H, W) and uint8 label (H, W), both at their own size."""
         if i in self._cache:
             return self._cache[i]
         it = self.dataset[i]

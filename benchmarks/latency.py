@@ -8,9 +8,10 @@ timed), after ``bench.warmup`` untimed runs, for ``bench.time_budget_s`` seconds
 ``min_iters``, at most ``max_iters`` runs). Latency is at batch 1; throughput at each of
 ``bench.batch_sizes``.
 
-mIoU uses the first ``bench.max_images`` target val images (at their own size, whatever
-``bench.input_size``) and one confusion matrix, as ``diga eval`` does: a checkpoint's row gives
-``diga eval RUN``'s mIoU (its default single scale, no flip), a file's ``diga eval FILE``'s.
+mIoU uses the first ``bench.max_images`` target val images, given at their own size and run
+at the model's trained scale (or ``bench.input_size``), labels compared at full resolution in
+one confusion matrix, as ``diga eval`` does: a checkpoint's row gives ``diga eval RUN``'s mIoU,
+a file's ``diga eval FILE``'s (SYNTHIA's 16 classes: the 13-class mIoU too).
 Pixel agreement (%) compares each row's label maps with those of the fp32 PyTorch checkpoint the
 file was exported from, on the same images. A backend that cannot run here is a row with status
 ``unavailable: <reason>``; a failure while measuring is ``error: <reason>``.
@@ -50,7 +51,7 @@ from diga.data.classes import class_protocol
 from diga.errors import UserError
 from diga.export.formats import BACKENDS, ExportFormat
 from diga.metrics import confusion_matrix, metrics_from_confusion
-from diga.runtime.preprocess import resize_rgb
+from diga.runtime.preprocess import TRAINED, resize_rgb
 
 Say = Callable[[str], None]
 
@@ -113,9 +114,11 @@ def new_row(model: str, backend: str, fmt: ExportFormat | None, status: str) -> 
         "model": model, "format": fmt.name if fmt else None, "backend": backend,
         "precision": fmt.precision if fmt else None, "compiled": False, "status": status,
         "provider": None, "device": None, "file_size_bytes": None, "input_shape": None,
-        "latency_ms": None, "throughput": [], "peak_rss_mb": None, "rss_increase_mb": None,
+        "run_size": None, "latency_ms": None, "throughput": [], "peak_rss_mb": None,
+        "rss_increase_mb": None,
         "gpu_memory_mb": None, "flops_per_image": None, "gflops_per_s": None,
         "peak_fraction": None, "latency_vs_torch": None, "images": None, "miou": None,
+        "miou13": None,
         "pixel_acc": None, "pixel_agreement": None, "reference": None, "notes": [],
     }
 
@@ -135,7 +138,8 @@ def measure_row(entry: ModelEntry, backend: str, ctx: BenchContext,
     try:
         runner: TorchRunner | RuntimeRunner = (
             TorchRunner(entry.path, entry.cfg, compiled) if backend == "torch"
-            else RuntimeRunner(entry.path, BACKENDS[backend].runtime))
+            else RuntimeRunner(entry.path, BACKENDS[backend].runtime,
+                               entry.cfg.bench.input_size or TRAINED))
     except UserError as exc:  # no GPU, no TensorRT, no such provider, run.device=cuda on a CPU
         row["status"] = f"unavailable: {exc}"
         return row
@@ -167,13 +171,16 @@ def _measure_speed(runner: TorchRunner | RuntimeRunner, entry: ModelEntry, row: 
                    ctx: BenchContext) -> None:
     bench = entry.cfg.bench
     target = ctx.target_set(entry.cfg)
-    size = tuple(bench.input_size or target.item(0)[0].shape[-2:])
-    pool = [resize_rgb(target.hwc(i % target.count), size)  # (H, W, 3) at the bench size
-            for i in range(max(bench.batch_sizes))]
+    # target images as a camera gives them; the runner resizes them to its run size (the
+    # trained scale, or bench.input_size) as an app's Segmenter does, outside the timed call.
+    # Images at their own size (no inference size) are brought to the first one's size.
+    size = runner.run_size(target.label_size(0))
+    pool = [resize_rgb(target.hwc(i % target.count), size) for i in range(max(bench.batch_sizes))]
     loop = dict(warmup=bench.warmup, budget_s=bench.time_budget_s, min_iters=bench.min_iters,
                 max_iters=bench.max_iters)
     single = runner.prepare(pool[:1])
     row["input_shape"] = list(single.shape)
+    row["run_size"] = list(size)
     times = time_loop(lambda: runner.run(single), **loop)
     row["latency_ms"] = latency_stats(times)
     for b in bench.batch_sizes:
@@ -213,6 +220,7 @@ def _measure_accuracy(runner: TorchRunner | RuntimeRunner, entry: ModelEntry,
             conf += confusion_matrix(pred.astype(np.int64), label.astype(np.int64), cfg.num_classes)
         metrics = metrics_from_confusion(conf, class_protocol(cfg.num_classes).names)
         row["miou"], row["pixel_acc"] = metrics.miou, metrics.pixel_acc
+        row["miou13"] = metrics.miou13  # SYNTHIA's 16 classes: the 13-class mIoU too
     if entry.reference is None:
         row["notes"].append("no PyTorch checkpoint found for this file: no pixel agreement")
         return

@@ -18,17 +18,18 @@ from diga.io import atomic_write, atomic_write_json, atomic_write_text
 
 COLUMNS = ("model", "backend", "precision", "status", "input", "p50 ms", "p90 ms", "p99 ms",
            "mean ms", "images/s", "peak RSS MB", "GPU MB", "GFLOP/s", "vs torch", "mIoU",
-           "agree %")
+           "mIoU13", "agree %")
 # the terminal gets the columns that fit a normal window; bench.md has them all
 TERMINAL_COLUMNS = ("model", "backend", "precision", "status", "p50 ms", "p99 ms", "images/s",
-                    "peak RSS MB", "GPU MB", "GFLOP/s", "vs torch", "mIoU", "agree %")
+                    "peak RSS MB", "GPU MB", "GFLOP/s", "vs torch", "mIoU", "mIoU13", "agree %")
 
 
 def columns_for(result: dict[str, Any], columns: tuple[str, ...]) -> tuple[str, ...]:
-    """``columns`` without "GPU MB" when no row ran on a GPU."""
-    if any(r["gpu_memory_mb"] is not None for r in result["rows"]):
-        return columns
-    return tuple(c for c in columns if c != "GPU MB")
+    """``columns`` without "GPU MB" when no row ran on a GPU, and without "mIoU13" when no row
+    has one (only SYNTHIA's 16-class protocol reports it)."""
+    unused = {name for name, key in (("GPU MB", "gpu_memory_mb"), ("mIoU13", "miou13"))
+              if all(r.get(key) is None for r in result["rows"])}
+    return tuple(c for c in columns if c not in unused)
 
 
 def short_model(row: dict[str, Any]) -> str:
@@ -65,7 +66,8 @@ def row_cells(row: dict[str, Any]) -> dict[str, str]:
         "images/s": throughput or "-", "peak RSS MB": _num(row["peak_rss_mb"], 0),
         "GPU MB": _num(row["gpu_memory_mb"], 0),
         "GFLOP/s": gflops, "vs torch": f"{ratio:.3g}x" if ratio is not None else "-",
-        "mIoU": _num(row["miou"]), "agree %": _num(row["pixel_agreement"], 3),
+        "mIoU": _num(row["miou"]), "mIoU13": _num(row.get("miou13")),
+        "agree %": _num(row["pixel_agreement"], 3),
     }
 
 

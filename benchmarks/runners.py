@@ -2,7 +2,8 @@
 
 ``TorchRunner`` runs a checkpoint as ``diga export`` ships it (``ExportWrapper``, eager or
 ``torch.compile``d) and predicts with ``diga eval``'s code; ``RuntimeRunner`` runs an ``.onnx`` /
-``.engine`` file through ``diga.runtime.Segmenter``, exactly as an app does. ``time_loop`` times
+``.engine`` file through ``diga.runtime.Segmenter``, exactly as an app does. Both take target
+images at their own size and run them at the model's trained scale (or ``bench.input_size``). ``time_loop`` times
 a call after untimed warm-up runs; ``rss_mb`` and ``_gpu_used_mb`` read the memory it took.
 """
 
@@ -21,9 +22,9 @@ import torch
 from diga.benchmarks.discovery import TargetSet
 from diga.checkpoint import load_model
 from diga.config import Config
-from diga.data.classes import class_protocol
 from diga.device import select_device
-from diga.runtime import ModelInfo, Segmenter, prepare_batch
+from diga.runtime import Segmenter, model_input_size, prepare_batch, to_model_size
+from diga.runtime.preprocess import TRAINED, RunSize
 
 
 def time_loop(fn: Callable[[], Any], warmup: int, budget_s: float, min_iters: int,
@@ -78,23 +79,30 @@ def _gpu_used_mb() -> float | None:
 
 class TorchRunner:
     """A checkpoint on the config's device: the exported graph for timing, ``diga eval``'s code
-    for predictions."""
+    for predictions; both at the trained scale (or ``bench.input_size``)."""
 
     def __init__(self, folder: Path, cfg: Config, compile: bool = False) -> None:
         from diga.export.onnx_export import ExportWrapper
+        from diga.train.evaluate import TorchSegmenter
 
         self.cfg = cfg
         self.device = select_device(cfg.run.device)
-        self.eager, _, _ = load_model(folder, self.device)
+        self.segmenter = TorchSegmenter(folder, self.device, cfg.bench.input_size or TRAINED)
+        self.eager = self.segmenter.model
         self.model = torch.compile(self.eager) if compile else self.eager
-        protocol = class_protocol(cfg.num_classes)
-        self.info = ModelInfo(protocol.names, protocol.palette, cfg.data.mean, cfg.data.std)
+        self.segmenter.model = self.model
+        # the config's inference size, as an export of this checkpoint records it
+        self.info = self.segmenter.info
         self.graph = ExportWrapper(self.model, self.info).to(self.device).eval()
         self.provider = f"torch {'compile' if compile else 'eager'}"
         self.static = False
 
+    def run_size(self, image_size: tuple[int, int]) -> tuple[int, int]:
+        return model_input_size(self.info, image_size, self.segmenter.size)
+
     def prepare(self, images: list[np.ndarray]) -> torch.Tensor:
-        return torch.from_numpy(prepare_batch(images, self.info)).to(self.device)
+        resized = [to_model_size(img, self.info, self.segmenter.size) for img in images]
+        return torch.from_numpy(prepare_batch(resized, self.info)).to(self.device)
 
     @torch.inference_mode()
     def run(self, batch: torch.Tensor) -> torch.Tensor:
@@ -104,15 +112,9 @@ class TorchRunner:
         return out
 
     def predict(self, target: TargetSet) -> list[np.ndarray]:
-        from diga.train.evaluate import predict_logits
-
-        preds: list[np.ndarray] = []
-        for chunk in target.batches(self.cfg.eval.batch_size):
-            images = torch.stack([target.item(i)[0] for i in chunk]).to(self.device)
-            size = target.label_size(chunk[0])
-            logits = predict_logits(self.model, images, size, self.cfg.data.mean, self.cfg.data.std)
-            preds.extend(logits.argmax(1).to(torch.uint8).cpu().numpy())
-        return preds
+        """One image at a time, as ``diga eval RUN`` predicts it (same pixels, same mIoU)."""
+        return [self.segmenter(target.hwc(i), out_size=target.label_size(i))
+                for i in range(target.count)]
 
     def flops_graph(self) -> torch.nn.Module:
         from diga.export.onnx_export import ExportWrapper
@@ -120,18 +122,21 @@ class TorchRunner:
         return ExportWrapper(self.eager, self.info)
 
     def close(self) -> None:
-        self.graph = self.model = self.eager = None  # type: ignore[assignment]
+        self.graph = self.model = self.eager = self.segmenter = None  # type: ignore[assignment]
 
 
 class RuntimeRunner:
     """An exported file through ``diga.runtime.Segmenter``, exactly as an app runs it."""
 
-    def __init__(self, path: Path, backend: str) -> None:
-        self.seg = Segmenter(path, backend=backend)
+    def __init__(self, path: Path, backend: str, size: RunSize = TRAINED) -> None:
+        self.seg = Segmenter(path, backend=backend, size=size)
         self.info = self.seg.info
         self.provider = self.seg.provider
         self.device = torch.device("cpu" if self.provider == "CPUExecutionProvider" else "cuda")
         self.static = not self.info.dynamic
+
+    def run_size(self, image_size: tuple[int, int]) -> tuple[int, int]:
+        return self.seg.run_size(image_size)
 
     def prepare(self, images: list[np.ndarray]) -> np.ndarray:
         return self.seg.prepare(images)[0]

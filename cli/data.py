@@ -17,17 +17,16 @@ app = typer.Typer(help="Datasets: write the built-in benchmark to disk, check da
 def make_demo(
     out: Annotated[Path, typer.Argument(help="An empty or new folder.")],
     seed: Annotated[int, typer.Option(help="Generator seed.")] = 0,
-    size: Annotated[str, typer.Option(help="Image size HxW.")] = "128x256",
+    size: Annotated[str, typer.Option(help="Target (Cityscapes layout) image size HxW; the "
+                                      "sources take its width at their datasets' aspect "
+                                      "ratios.")] = "128x256",
     source_train: Annotated[int, typer.Option(min=1)] = 400,
     target_train: Annotated[int, typer.Option(min=1)] = 400,
     target_val: Annotated[int, typer.Option(min=1)] = 100,
 ) -> None:
-    """Write the built-in two-domain benchmark in the GTA5 (source) and Cityscapes (target)
-    layouts, so the real loaders can be tried on it.
+    """Write the built-in two-domain benchmark in the GTA5 and SYNTHIA-RAND-CITYSCAPES (source) and Cityscapes (target) layouts, at the real datasets' aspect ratios, so the real loaders and the paper presets can be tried on it.
 
-    Example: diga data make-demo /tmp/d, then
-    diga train source data.source.kind=gta5 data.source.root=/tmp/d/gta5
-    data.target.kind=cityscapes data.target.root=/tmp/d/cityscapes
+    Example: diga data make-demo /tmp/d, then diga train source data.source.kind=gta5 data.source.root=/tmp/d/gta5 data.target.kind=cityscapes data.target.root=/tmp/d/cityscapes
     """
     from rich.progress import Progress
 
@@ -43,8 +42,14 @@ def make_demo(
     with Progress(console=console, transient=True) as bar:
         task = bar.add_task("writing", total=source_train + target_train + target_val)
         roots = write_demo(out, spec, progress=lambda i, n: bar.update(task, completed=i))
-    console.print(f"[green]wrote[/] source (GTA5 layout): {roots['source_root']}")
-    console.print(f"[green]wrote[/] target (Cityscapes layout): {roots['target_root']}")
+    from diga.data.builtin.files import layout_size
+
+    for name, key, layout in (("GTA5", "source_root", "gta5"),
+                              ("SYNTHIA-RAND-CITYSCAPES", "synthia_root", "synthia"),
+                              ("Cityscapes", "target_root", "cityscapes")):
+        h, w = layout_size(layout, hw[1]) if layout != "cityscapes" else hw
+        role = "target" if layout == "cityscapes" else "source"
+        console.print(f"[green]wrote[/] {role} ({name} layout, {h}x{w}): {roots[key]}")
     console.print(f"train with: data.source.kind=gta5 data.source.root={roots['source_root']} "
                   f"data.target.kind=cityscapes data.target.root={roots['target_root']}")
 

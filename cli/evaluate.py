@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
 
@@ -19,6 +21,9 @@ def eval_command(
     save_predictions: Annotated[Path | None, typer.Option(
         "--save-predictions", help="Write Cityscapes labelId PNGs (for the official evaluator).")] = None,
     teacher: Annotated[bool, typer.Option("--teacher", help="Evaluate the EMA teacher.")] = False,
+    native_size: Annotated[bool, typer.Option(
+        "--native-size", help="For an .onnx / .engine: run each image at its own size instead "
+        "of the model's trained scale.")] = False,
 ) -> None:
     """Evaluate a trained model on the target validation split of its config.
 
@@ -36,7 +41,7 @@ def eval_command(
     from diga.train.evaluate import evaluate
 
     if model.suffix.lower() in (".onnx", ".engine"):
-        return _evaluate_file(model, overrides or [], json_path)
+        return _evaluate_file(model, overrides or [], json_path, native_size)
     net, cfg, ckpt = load_model(model, "cpu")
     cfg = load_config_from(cfg, overrides or [])
     device = select_device(cfg.run.device)
@@ -59,12 +64,6 @@ def eval_command(
     result = {"model": str(ckpt.folder), "stage": ckpt.meta.get("stage"), "step": ckpt.step,
               "weights": "teacher" if teacher else "student", "images": len(dataset),
               **metrics.as_dict()}
-    if cfg.num_classes == 16:  # SYNTHIA protocol: the 13-class mIoU too
-        from diga.data.classes import class_protocol
-
-        names13 = class_protocol(13).names
-        vals = [v for n, v in zip(metrics.class_names, metrics.iou, strict=True) if n in names13 and not math.isnan(v)]
-        result["miou13"] = sum(vals) / len(vals) if vals else float("nan")
     _print(result, f"target val: {cfg.data.target.kind} ({len(dataset)} images)")
     if json_path is not None:
         atomic_write_json(json_path, result)
@@ -86,36 +85,50 @@ def _print(result: dict, title: str) -> None:
     console.print(table)
 
 
-def _evaluate_file(path: Path, overrides: list[str], json_path: Path | None) -> None:
-    """An exported .onnx / .engine through the runtime, on its run's target val split."""
-    import numpy as np
+def _evaluate_file(path: Path, overrides: list[str], json_path: Path | None,
+                   native_size: bool) -> None:
+    """An exported .onnx / .engine through the runtime, on its run's target val split: images at
+    their own size in, as an app gives them; the runtime resizes them to the trained scale."""
+    from rich.progress import Progress
 
     from diga.checkpoint import config_for_model
-    from diga.data.classes import class_protocol
-    from diga.data.datasets import build_dataset
     from diga.errors import UserError
+    from diga.export.parity import evaluate_model_file, target_images
     from diga.io import atomic_write_json
-    from diga.metrics import confusion_matrix, metrics_from_confusion
-    from diga.runtime import Segmenter
 
     if not path.is_file():
         raise UserError(f"model not found: {path}", "check the path of the exported file")
     cfg = config_for_model(path, overrides)
-    dataset = build_dataset(cfg, "target", "val", train=False)
+    images = target_images(cfg, "val", None)
+    if not images.has_labels:
+        raise UserError(f"the target val split at {cfg.data.target.root} has no labels",
+                        "evaluation needs gtFine labelIds (Cityscapes) or labels/ (folder)")
     backend = "cpu" if cfg.run.device == "cpu" else "auto"
-    conf = np.zeros((cfg.num_classes, cfg.num_classes), np.int64)
-    with Segmenter(path, backend=backend) as seg:
-        if seg.info.num_classes != cfg.num_classes:
-            raise UserError(f"{path} predicts {seg.info.num_classes} classes, the data has "
-                            f"{cfg.num_classes}", "set data.classes to the model's protocol")
-        for index in range(len(dataset)):
-            item = dataset[index]
-            label = item["label"].numpy().astype(np.int64)
-            pred = seg(item["image"].permute(1, 2, 0).numpy(), out_size=label.shape)
-            conf += confusion_matrix(pred.astype(np.int64), label, cfg.num_classes)
-        provider = seg.describe()
-    metrics = metrics_from_confusion(conf, class_protocol(cfg.num_classes).names)
-    result = {"model": str(path), "backend": provider, "images": len(dataset), **metrics.as_dict()}
-    _print(result, f"target val: {cfg.data.target.kind} ({len(dataset)} images), {provider}")
+    with _runtime_warnings(), Progress(console=console, transient=True) as bar:
+        task = bar.add_task("evaluating", total=len(images))
+        result = evaluate_model_file(path, images, cfg.num_classes, backend,
+                                     "native" if native_size else "trained",
+                                     progress=lambda i, n: bar.update(task, completed=i))
+    result = {"model": str(path), "backend": result.pop("runs"), **result}
+    _print(result, f"target val: {cfg.data.target.kind} ({len(images)} images), {result['backend']}")
     if json_path is not None:
         atomic_write_json(json_path, result)
+
+
+@contextlib.contextmanager
+def _runtime_warnings() -> Iterator[None]:
+    """The runtime's warnings (an older file without inference size, a GPU fallback) as lines."""
+    import warnings
+
+    from rich.markup import escape
+
+    from diga.cli.common import err_console
+    from diga.runtime import SegmenterWarning
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", SegmenterWarning)
+        yield
+    for w in caught:
+        if issubclass(w.category, SegmenterWarning):
+            err_console.print(f"[yellow]warning:[/] {escape(str(w.message))}", highlight=False,
+                              soft_wrap=True)

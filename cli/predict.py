@@ -12,19 +12,19 @@ from rich.markup import escape
 
 from diga.cli.common import console, err_console
 from diga.errors import UserError
+from diga.runtime.preprocess import RunSize
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
 
 
-class TorchSegmenter:
-    """A run directory or checkpoint through PyTorch, with the ``Segmenter`` call signature."""
+class TorchPredictor:
+    """A run directory or checkpoint through PyTorch (``TorchSegmenter``), for ``--backend``."""
 
-    def __init__(self, path: Path, backend: str) -> None:
+    def __init__(self, path: Path, backend: str, size: RunSize) -> None:
         import torch
 
-        from diga.checkpoint import load_model
-        from diga.data.classes import class_protocol
+        from diga.train.evaluate import TorchSegmenter
 
         if backend == "tensorrt":
             raise UserError("backend 'tensorrt' runs .onnx and .engine files, not checkpoints",
@@ -32,31 +32,28 @@ class TorchSegmenter:
         if backend == "cuda" and not torch.cuda.is_available():
             raise UserError("backend 'cuda' needs a CUDA GPU, and PyTorch sees none here",
                             "use --backend cpu (or auto)")
-        self.device = torch.device("cuda" if backend != "cpu" and torch.cuda.is_available() else "cpu")
-        self.model, self.cfg, ckpt = load_model(path, self.device)
-        self.palette = class_protocol(self.cfg.num_classes).palette
-        self.label = (f"{ckpt.folder} ({self.cfg.model.name}, {ckpt.meta.get('stage')} step "
-                      f"{ckpt.step}): PyTorch on {self.device}")
+        device = torch.device("cuda" if backend != "cpu" and torch.cuda.is_available() else "cpu")
+        self.segmenter = TorchSegmenter(path, device, size)
+        self.palette = self.segmenter.info.palette
+        cfg, ckpt = self.segmenter.cfg, self.segmenter.checkpoint
+        trained = cfg.inference_size
+        runs = ("each image's own size" if size == "native" or not trained else
+                f"{trained[0]}x{trained[1]}" if size == "trained" else f"{size[0]}x{size[1]}")
+        self.label = (f"{ckpt.folder} ({cfg.model.name}, {ckpt.meta.get('stage')} step "
+                      f"{ckpt.step}): PyTorch on {device}, runs at {runs}")
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
-        import torch
-
-        from diga.train.evaluate import predict_logits
-
-        x = torch.from_numpy(image.copy()).permute(2, 0, 1)[None].to(self.device)  # (1, 3, H, W) uint8
-        logits = predict_logits(self.model, x, image.shape[:2], self.cfg.data.mean,
-                                self.cfg.data.std, tuple(self.cfg.eval.scales), self.cfg.eval.flip)
-        return logits.argmax(1)[0].to(torch.uint8).cpu().numpy()
+        return self.segmenter(image)
 
 
-def _load_predictor(model: Path, backend: str) -> tuple[Any, np.ndarray, str]:
+def _load_predictor(model: Path, backend: str, size: RunSize) -> tuple[Any, np.ndarray, str]:
     """(callable image -> labels, palette, one line saying what runs where)."""
     from diga.runtime import Segmenter
 
     if model.suffix.lower() in (".onnx", ".engine", ".plan", ".trt"):
-        seg = Segmenter(model, backend)
+        seg = Segmenter(model, backend, size)
         return seg, seg.info.palette, seg.describe()
-    torch_seg = TorchSegmenter(model, backend)
+    torch_seg = TorchPredictor(model, backend, size)
     return torch_seg, torch_seg.palette, torch_seg.label
 
 
@@ -137,19 +134,19 @@ def predict_command(
     backend: Annotated[str, typer.Option("--backend", help="auto, cpu, cuda or tensorrt.")] = "auto",
     alpha: Annotated[float, typer.Option("--alpha", min=0.0, max=1.0,
                                          help="Opacity of the colour mask in overlays.")] = 0.5,
+    native_size: Annotated[bool, typer.Option(
+        "--native-size", help="Run each image at its own size instead of the size the model "
+        "was trained and evaluated at (the default, recorded in the model).")] = False,
 ) -> None:
     """Segment images: label, colour and overlay PNGs for each.
 
-    Writes <stem>_label.png (train ids), <stem>_color.png and
-    <stem>_overlay.png. Folders are searched recursively; their structure is
-    kept under --out. An .onnx or .engine runs through the torch-free
-    runtime, a run directory or checkpoint through PyTorch.
+    Writes <stem>_label.png (train ids), <stem>_color.png and <stem>_overlay.png, at each image's own size; the model runs at the size it was trained at. Folders are searched recursively; their structure is kept under --out. An .onnx or .engine runs through the torch-free runtime, a run directory or checkpoint through PyTorch.
 
     Example: diga predict runs/x/export/model.onnx street.jpg frames/ --out preds
     """
     import warnings
 
-    from diga.runtime import RuntimeFallbackWarning, check_backend, colorize, overlay
+    from diga.runtime import SegmenterWarning, check_backend, colorize, overlay
 
     check_backend(backend)
     images, notes = collect_inputs(inputs)
@@ -163,10 +160,11 @@ def predict_command(
     for path, _ in images:
         check_image(path)
     with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", RuntimeFallbackWarning)
-        predictor, palette, label = _load_predictor(model, backend)
+        warnings.simplefilter("always", SegmenterWarning)
+        predictor, palette, label = _load_predictor(model, backend,
+                                                    "native" if native_size else "trained")
     for w in caught:
-        if issubclass(w.category, RuntimeFallbackWarning):
+        if issubclass(w.category, SegmenterWarning):
             err_console.print(f"[yellow]warning:[/] {escape(str(w.message))}", highlight=False, soft_wrap=True)
     console.print(f"model: {label}", highlight=False)
 

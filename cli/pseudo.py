@@ -42,9 +42,7 @@ def pseudo_command(
     out: Annotated[Path | None, typer.Option("--out", help="Folder (default RUN/pseudo).")] = None,
     devices: Devices = None,
 ) -> None:
-    """Pseudo-labels for the whole target train split: full + 0.5x scale logits, max-fused,
-    argmax; no threshold. Written as train-id PNGs with a manifest. Under torchrun (or with
-    --devices N) the images are sharded over the processes.
+    """Pseudo-labels for the whole target train split: full + 0.5x scale logits, max-fused, argmax; no threshold. The model sees each image at the target resize; labels are stored at the image's own size, with a manifest naming the model. Under torchrun (or with --devices N) the images are sharded over the processes.
 
     Example: diga pseudo runs/warmup
     """
@@ -93,7 +91,7 @@ def centroids_command(
         with Progress(console=console, transient=True, disable=not dist.is_main) as bar:
             task = bar.add_task("centroids (rank 0's share)" if dist.enabled else "centroids",
                                 total=None)
-            centroids = make_centroids(model, cfg, path, device,
+            centroids = make_centroids(model, cfg, ckpt, path, device,
                                        progress=lambda i, n: bar.update(task, completed=i, total=n))
     finally:
         destroy_distributed()

@@ -40,8 +40,10 @@ def load_config_from(base: Config, overrides: list[str]) -> Config:
 
 
 def _report(stage: str, run_dir: Path, metrics: dict) -> None:
-    miou = metrics.get("target_val_miou")
+    miou, miou13 = metrics.get("target_val_miou"), metrics.get("target_val_miou13")
     tail = f"target-val mIoU {miou:.2f}" if miou is not None else "target val has no labels"
+    if miou13 is not None:
+        tail += f", 13 classes {miou13:.2f}"
     console.print(f"[green]{stage} done[/]: {run_dir}  ({tail})")
 
 
@@ -114,11 +116,15 @@ def selftrain(
     init: Annotated[Path | None, typer.Option("--init", help="The warm-up run to start from.")] = None,
     rounds: Annotated[int | None, typer.Option("--rounds", min=1, help="Self-training rounds "
                                                "(selftrain.rounds); each regenerates pseudo-labels.")] = None,
+    regenerate: Annotated[bool, typer.Option(
+        "--regenerate", help="Make the pseudo-labels and centroids again where another model, "
+        "other data or an older diga made them (default: refuse them).")] = False,
     out: Out = None, resume: Resume = False, quiet: Quiet = False, devices: Devices = None,
 ) -> None:
     """DiGA stage 2: self-training with threshold-free bilateral-consensus pseudo-labels.
 
-    Makes the init run's pseudo-labels and centroids when they are missing.
+    Makes the init run's pseudo-labels and centroids when they are missing, and refuses
+    ones another model made (--regenerate makes them again).
 
     Example: diga train selftrain demo --init runs/warmup --rounds 2 --out runs/selftrain
     """
@@ -141,7 +147,8 @@ def selftrain(
                         "pass --resume to continue it, or choose another --out")
     if devices is not None and devices > 1:
         _check_before_launch(cfg, devices)
-        extra = ["--init", str(cfg.selftrain.init), "--rounds", str(cfg.selftrain.rounds)]
+        extra = ["--init", str(cfg.selftrain.init), "--rounds", str(cfg.selftrain.rounds),
+                 *(["--regenerate"] if regenerate else [])]
         launch_on_devices(devices, cfg.run, ["train", "selftrain", *(args or []), *extra,
                                              *_flags(run_dir, resume, quiet)])
         return
@@ -151,7 +158,7 @@ def selftrain(
         if dist.is_main:
             save_config(cfg, run_dir / "config.yaml")
         results = run_selftrain(cfg, cfg.selftrain.init, run_dir, resume=resume,
-                                show_progress=not quiet)
+                                show_progress=not quiet, regenerate=regenerate)
     finally:
         destroy_distributed()
     if dist.is_main:

@@ -114,6 +114,21 @@ class Checkpoint:
     def step(self) -> int:
         return int(self.meta.get("step", 0))
 
+    def identity(self) -> dict[str, Any]:
+        """Which model this is, for the provenance of what it makes (pseudo-labels, centroids):
+        the folder, stage and step, and a hash of the student weights that tells two models
+        apart even where folder and step agree."""
+        if not hasattr(self, "_weights_sha256"):
+            import hashlib
+
+            digest = hashlib.sha256()
+            with open(self.folder / MODEL_FILE, "rb") as fh:
+                for block in iter(lambda: fh.read(1 << 22), b""):
+                    digest.update(block)
+            self._weights_sha256 = digest.hexdigest()[:16]
+        return {"folder": str(self.folder), "stage": self.meta.get("stage"), "step": self.step,
+                "config_hash": self.meta.get("config_hash"), "weights": self._weights_sha256}
+
     @property
     def config(self) -> dict[str, Any]:
         return self.meta["config"]

@@ -239,7 +239,10 @@ class EvalConfig(Section):
 class ExportConfig(Section):
     opset: int = Field(18, ge=17)
     dynamic: bool = True
-    input_size: Size | None = None  # None: the target domain's image size
+    # The size the deployed model runs every image at (recorded in every exported file as its
+    # inference size). None: the target domain's resize (data.target.resize), the scale the
+    # model was trained and evaluated at; with no resize either, each image's own size.
+    input_size: Size | None = None
     calib_images: int = Field(32, ge=1)
     calib_method: Literal["minmax", "entropy", "percentile"] = "minmax"
     parity_images: int = Field(8, ge=1)
@@ -262,7 +265,9 @@ class BenchConfig(Section):
     min_iters: int = Field(5, ge=1)  # ... but at least this many times
     max_iters: int = Field(10000, ge=1)  # ... and at most this many
     batch_sizes: list[int] = [1]  # throughput (images/s) at each; latency is always at batch 1
-    input_size: Size | None = None  # None: the target val image size (export's default too)
+    # Run every model at this (H, W), for latency and mIoU. None: each model at its trained
+    # scale (an exported file's inference size; a checkpoint's export.input_size / target resize)
+    input_size: Size | None = None
     max_images: int | None = Field(None, ge=1)  # first N target val images for mIoU; None: all
     matmul_size: int = Field(1024, ge=64)  # n of the n x n float32 matmuls timed for the peak
 
@@ -305,6 +310,12 @@ class Config(Section):
     @property
     def num_classes(self) -> int:
         return self.data.classes
+
+    @property
+    def inference_size(self) -> tuple[int, int] | None:
+        """The (H, W) target images are run at when deployed: ``export.input_size``, else the
+        target resize the model was trained and evaluated at; None: each image's own size."""
+        return self.export.input_size or self.data.target.resize
 
     def stage_steps(self, stage: str) -> int:
         """Optimiser steps of a stage: ``train.steps``, or ``selftrain.steps`` per round."""

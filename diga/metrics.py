@@ -37,12 +37,30 @@ class SegMetrics:
     pixel_acc: float
     class_names: tuple[str, ...]
 
+    def miou_over(self, names: tuple[str, ...]) -> float:
+        """Mean IoU over the named classes (NaN ones left out), from this result's IoUs."""
+        values = [v for n, v in zip(self.class_names, self.iou, strict=True)
+                  if n in names and not np.isnan(v)]
+        return float(np.mean(values)) if values else float("nan")
+
+    @property
+    def miou13(self) -> float | None:
+        """SYNTHIA -> Cityscapes also reports the mean over 13 of its 16 classes (wall, fence
+        and pole left out) of the 16-class IoUs; None for other protocols."""
+        from diga.data.classes import class_protocol  # numpy only
+
+        if self.class_names != class_protocol(16).names:
+            return None
+        return self.miou_over(class_protocol(13).names)
+
     def as_dict(self) -> dict[str, Any]:
-        return {
-            "miou": self.miou,
-            "pixel_acc": self.pixel_acc,
-            "iou": {n: (None if np.isnan(v) else float(v)) for n, v in zip(self.class_names, self.iou, strict=True)},
-        }
+        out: dict[str, Any] = {"miou": self.miou}
+        if self.miou13 is not None:
+            out["miou13"] = self.miou13
+        out["pixel_acc"] = self.pixel_acc
+        out["iou"] = {n: (None if np.isnan(v) else float(v))
+                      for n, v in zip(self.class_names, self.iou, strict=True)}
+        return out
 
 
 def metrics_from_confusion(conf: Any, class_names: tuple[str, ...]) -> SegMetrics:

@@ -71,7 +71,11 @@ class OnnxExport:
 
 def model_info(cfg: Config, meta: dict[str, Any], input_size: tuple[int, int], *,
                dynamic: bool, bake_preprocess: bool, argmax: bool) -> ModelInfo:
-    """The metadata of a model exported from a checkpoint with ``meta`` and config ``cfg``."""
+    """The metadata of a model exported from a checkpoint with ``meta`` and config ``cfg``.
+
+    ``input_size`` is the export (and, for a static model, the only) size; the inference size
+    the runtime resizes images to is ``cfg.inference_size``.
+    """
     protocol = class_protocol(cfg.num_classes)
     metrics = meta.get("metrics") or {}
     source, target = cfg.data.source, cfg.data.target
@@ -93,7 +97,8 @@ def model_info(cfg: Config, meta: dict[str, Any], input_size: tuple[int, int], *
         output_kind="labels" if argmax else "logits",
         layout="NHWC" if bake_preprocess else "NCHW",
         input_size=tuple(input_size), dynamic=dynamic,  # type: ignore[arg-type]
-        precision="fp32", provenance=provenance)
+        precision="fp32", provenance=provenance,
+        inference_size=cfg.inference_size)
 
 
 def example_input(info: ModelInfo, batch: int = 1) -> torch.Tensor:

@@ -9,6 +9,7 @@ measures mIoU on the labelled target split through the runtime (any .onnx / .eng
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -20,27 +21,47 @@ from diga.config import Config
 from diga.data.classes import class_protocol
 from diga.data.datasets import build_dataset
 from diga.metrics import confusion_matrix, metrics_from_confusion
+from diga.errors import UserError
 from diga.runtime import Segmenter
+from diga.runtime.preprocess import TRAINED, RunSize
 
 
 @dataclass
 class TargetImage:
-    image: np.ndarray  # RGB uint8 (H, W, 3), as the model sees it (after the domain's resize)
+    image: np.ndarray  # RGB uint8 (H, W, 3) at its own size, as a camera delivers it
     label: np.ndarray  # uint8 (H, W) train ids / 255, at the label's own size
     name: str
 
 
-def target_images(cfg: Config, split: str, count: int | None) -> list[TargetImage]:
-    """``count`` images of the target domain's ``split`` (all when None), spread over it."""
-    dataset = build_dataset(cfg, "target", split, train=False)
-    n = len(dataset) if count is None else min(count, len(dataset))
-    indices = np.linspace(0, len(dataset) - 1, n).round().astype(int) if n else []
-    out = []
-    for index in indices:
-        item = dataset[int(index)]
-        out.append(TargetImage(image=item["image"].permute(1, 2, 0).numpy(),
-                               label=item["label"].numpy(), name=dataset.samples[int(index)].name))
-    return out
+class TargetImages(Sequence[TargetImage]):
+    """Images of a target split, read from disk when indexed: a full-size Cityscapes val split
+    does not fit in memory at once."""
+
+    def __init__(self, cfg: Config, split: str, count: int | None) -> None:
+        # at their own size: the runtime resizes them to the model's inference size itself, as
+        # it does in an app
+        self.dataset = build_dataset(cfg, "target", split, train=False, native=True)
+        n = len(self.dataset) if count is None else min(count, len(self.dataset))
+        self.indices = [int(i) for i in np.linspace(0, len(self.dataset) - 1, n).round()] if n else []
+
+    @property
+    def has_labels(self) -> bool:
+        return self.dataset.has_labels
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> TargetImage:  # type: ignore[override]
+        index = self.indices[i]
+        item = self.dataset[index]
+        return TargetImage(image=item["image"].permute(1, 2, 0).numpy(),
+                           label=item["label"].numpy(), name=self.dataset.samples[index].name)
+
+
+def target_images(cfg: Config, split: str, count: int | None) -> TargetImages:
+    """``count`` images of the target domain's ``split`` (all when None), spread over it, at
+    their own size."""
+    return TargetImages(cfg, split, count)
 
 
 @dataclass
@@ -58,7 +79,7 @@ class ParityReport:
 
 
 @torch.no_grad()
-def check_parity(reference: torch.nn.Module, model_path: Path, images: list[TargetImage],
+def check_parity(reference: torch.nn.Module, model_path: Path, images: Sequence[TargetImage],
                  backend: str = "cpu") -> ParityReport:
     """Compare ``reference`` (the exported wrapper, float32 PyTorch) with an exported model.
 
@@ -92,21 +113,32 @@ def check_parity(reference: torch.nn.Module, model_path: Path, images: list[Targ
         provider=provider, max_abs_logit=max_ref if logits else None)
 
 
-def evaluate_model_file(path: Path, images: list[TargetImage], num_classes: int,
-                        backend: str = "cpu") -> dict[str, Any]:
+def evaluate_model_file(path: Path, images: Sequence[TargetImage], num_classes: int,
+                        backend: str = "cpu", size: RunSize = TRAINED,
+                        progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
     """mIoU (%) of a model file on labelled images through the runtime, and its time per image.
 
-    The time is a rough figure (first run included); ``diga bench`` measures latency properly.
+    Images at their own size go in as an app gives them; the runtime runs them at ``size``
+    (default: the model's trained scale) and returns labels at the labels' size. The time is a
+    rough figure (first run included); ``diga bench`` measures latency properly.
+
+    Raises:
+        UserError: the model predicts another number of classes than the data has.
     """
     conf = np.zeros((num_classes, num_classes), np.int64)
-    with Segmenter(path, backend=backend) as seg:
+    with Segmenter(path, backend=backend, size=size) as seg:
+        if seg.info.num_classes != num_classes:
+            raise UserError(f"{path} predicts {seg.info.num_classes} classes, the data has "
+                            f"{num_classes}", "set data.classes to the model's protocol")
         start = time.perf_counter()
-        for item in images:
+        for done, item in enumerate(images, start=1):
             pred = seg(item.image, out_size=item.label.shape)
             conf += confusion_matrix(pred.astype(np.int64), item.label.astype(np.int64), num_classes)
+            if progress is not None:
+                progress(done, len(images))
         elapsed = time.perf_counter() - start
-        provider = seg.provider
+        provider, described = seg.provider, seg.describe()
     metrics = metrics_from_confusion(conf, class_protocol(num_classes).names)
-    return {"file": Path(path).name, "images": len(images), "miou": metrics.miou,
-            "pixel_acc": metrics.pixel_acc, "ms_per_image": 1000.0 * elapsed / max(len(images), 1),
-            "provider": provider}
+    return {"file": Path(path).name, "images": len(images), **metrics.as_dict(),
+            "ms_per_image": 1000.0 * elapsed / max(len(images), 1), "provider": provider,
+            "runs": described}

@@ -111,7 +111,10 @@ def export_checkpoint(model_path: Path, overrides: list[str] | None = None,
 
     say(f"reading {ex.parity_images} target val images for parity")
     parity_set = target_images(cfg, "val", ex.parity_images)
-    input_size = tuple(ex.input_size or parity_set[0].image.shape[:2])
+    input_size = tuple(cfg.inference_size or parity_set[0].image.shape[:2])
+    trained = cfg.inference_size
+    say(f"inference size {trained[0]}x{trained[1]}: the runtime resizes every image to it"
+        if trained else "inference size: each image's own size (the target domain has no resize)")
     if not ex.dynamic and not _fits(parity_set, input_size):
         say(f"static model at {input_size[0]}x{input_size[1]}: images are resized to it")
     info = model_info(cfg, ckpt.meta, input_size, dynamic=ex.dynamic,  # type: ignore[arg-type]
@@ -188,7 +191,7 @@ def _evaluate(files: list[ExportedFile], cfg: Config, summary: ExportSummary, sa
     ex = cfg.export
     say("reading target val images for the mIoU comparison")
     val = target_images(cfg, "val", ex.eval_images)
-    if all((item.label == 255).all() for item in val):
+    if not val.has_labels:
         summary.notes.append("target val has no labels: no mIoU measured")
         return
     for exported in files:
@@ -218,6 +221,8 @@ def _write_reports(summary: ExportSummary, model_path: Path, ckpt_folder: Path,
         "opset": summary.opset,
         "dynamic": info.dynamic if info else None,
         "input_size": list(info.input_size) if info and info.input_size else None,
+        "inference_size": list(info.inference_size) if info and info.inference_size else None,
+        "output_resize": info.output_resize if info else None,
         "input_kind": info.input_kind if info else None,
         "output_kind": info.output_kind if info else None,
         "layout": info.layout if info else None,

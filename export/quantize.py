@@ -29,7 +29,7 @@ from onnxruntime.quantization import (
 
 from diga.export.onnx_export import write_model
 from diga.runtime.metadata import ModelInfo
-from diga.runtime.preprocess import model_input_size, prepare_batch, resize_rgb
+from diga.runtime.preprocess import prepare_batch, to_model_size
 
 log = logging.getLogger("diga.export")
 
@@ -52,8 +52,8 @@ class TargetCalibrationReader(CalibrationDataReader):
             return None
         image = self.images[self._next]
         self._next += 1
-        size = model_input_size(self.info, image.shape[:2])
-        return {self.input_name: prepare_batch([resize_rgb(image, size)], self.info)}
+        # at the size the deployed model runs it: the trained scale (or the static size)
+        return {self.input_name: prepare_batch([to_model_size(image, self.info)], self.info)}
 
     def rewind(self) -> None:
         self._next = 0

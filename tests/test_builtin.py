@@ -99,8 +99,9 @@ def test_write_demo_layout_and_labels(tmp_path: Path) -> None:
     calls: list[tuple[int, int]] = []
     roots = write_demo(tmp_path / "demo", spec, progress=lambda i, n: calls.append((i, n)))
     assert roots == {"source_root": tmp_path / "demo" / "gta5",
+                     "synthia_root": tmp_path / "demo" / "synthia",
                      "target_root": tmp_path / "demo" / "cityscapes"}  # fmt: skip
-    assert calls == [(i, 7) for i in range(1, 8)]
+    assert calls == [(i, 9) for i in range(1, 10)]
     written = sorted(
         str(p.relative_to(tmp_path / "demo")) for p in (tmp_path / "demo").rglob("*.png")
     )
@@ -108,6 +109,7 @@ def test_write_demo_layout_and_labels(tmp_path: Path) -> None:
                        "bochum/bochum_000000_000019"],
              "val": ["frankfurt/frankfurt_000000_000019", "frankfurt/frankfurt_000001_000019"]}  # fmt: skip
     expected = [f"gta5/{kind}/0000{i}.png" for kind in ("images", "labels") for i in (1, 2)]
+    expected += [f"synthia/{kind}/0000{i}.png" for kind in ("RGB", "GT/LABELS") for i in (1, 2)]
     for split, names in stems.items():
         expected += [f"cityscapes/leftImg8bit/{split}/{s}_leftImg8bit.png" for s in names]
         expected += [f"cityscapes/gtFine/{split}/{s}_gtFine_labelIds.png" for s in names]
@@ -115,13 +117,14 @@ def test_write_demo_layout_and_labels(tmp_path: Path) -> None:
 
     lut = class_protocol(19).label_id_lut()
     valid_ids = set(class_protocol(19).train_to_label_id.tolist()) | {0}
-    pairs = [("source", "train", 0, "gta5/images/00001.png", "gta5/labels/00001.png"),
-             ("target", "train", 1, "cityscapes/leftImg8bit/train/bochum/bochum_000000_000019_leftImg8bit.png",
+    gta = BuiltinSpec(seed=2, size=(35, 64), source_train=2, target_train=3, target_val=2)
+    pairs = [(gta, "source", "train", 0, "gta5/images/00001.png", "gta5/labels/00001.png"),
+             (spec, "target", "train", 1, "cityscapes/leftImg8bit/train/bochum/bochum_000000_000019_leftImg8bit.png",
               "cityscapes/gtFine/train/bochum/bochum_000000_000019_gtFine_labelIds.png"),
-             ("target", "val", 1, "cityscapes/leftImg8bit/val/frankfurt/frankfurt_000001_000019_leftImg8bit.png",
+             (spec, "target", "val", 1, "cityscapes/leftImg8bit/val/frankfurt/frankfurt_000001_000019_leftImg8bit.png",
               "cityscapes/gtFine/val/frankfurt/frankfurt_000001_000019_gtFine_labelIds.png")]  # fmt: skip
-    for domain, split, index, image_name, label_name in pairs:
-        image, label = generate_scene(spec, domain, split, index)
+    for which, domain, split, index, image_name, label_name in pairs:
+        image, label = generate_scene(which, domain, split, index)
         on_disk = Image.open(tmp_path / "demo" / label_name)
         assert on_disk.mode == "L"
         ids = np.asarray(on_disk)
@@ -130,6 +133,30 @@ def test_write_demo_layout_and_labels(tmp_path: Path) -> None:
         assert np.array_equal(
             np.asarray(Image.open(tmp_path / "demo" / image_name).convert("RGB")), image
         )
+
+
+def test_write_demo_synthia_layout_reads_back_at_its_aspect_ratio(tmp_path: Path) -> None:
+    """SYNTHIA: 16-bit RGB labels (class id in the first channel), read by the real loader into
+    the 16-class protocol; sources at their datasets' aspect ratios, the target at its size."""
+    from diga.data.layouts import LabelDecoder, find_samples, read_image
+
+    spec = BuiltinSpec(seed=3, size=(64, 128), source_train=2, target_train=1, target_val=1)
+    roots = write_demo(tmp_path / "demo", spec)
+    assert read_image(roots["source_root"] / "images" / "00001.png").shape == (70, 128, 3)  # 1052/1914
+    samples = find_samples("synthia", roots["synthia_root"], "train", "data.source.root")
+    assert [s.image.name for s in samples] == ["00001.png", "00002.png"]
+    import png
+
+    width, height, _, info = png.Reader(filename=str(samples[1].label)).read()
+    assert (width, height) == (128, 76) and info["bitdepth"] == 16 and info["planes"] == 3
+    image, label19 = generate_scene(BuiltinSpec(seed=3, size=(76, 128), source_train=2,
+                                                target_train=1, target_val=1), "source", "train", 1)
+    assert np.array_equal(read_image(samples[1].image), image)
+    protocol = class_protocol(16)
+    decoded = LabelDecoder("synthia", protocol).decode(samples[1].label)
+    assert np.array_equal(decoded, protocol.train19_to_train[label19])  # no terrain/truck/train
+    cs = find_samples("cityscapes", roots["target_root"], "val", "data.target.root")
+    assert read_image(cs[0].image).shape == (64, 128, 3)
 
 
 def test_write_demo_refuses_a_non_empty_folder(tmp_path: Path) -> None:

@@ -107,7 +107,7 @@ def _ddp_worker(rank: int, port: int, tmp: str) -> None:
     model, _, ckpt = load_model(tmp_path / "ddp_default", device)
     pseudo.make_pseudo_labels(model, cfg, ckpt, tmp_path / "pseudo_ddp", device)
     (tmp_path / f"written_rank{rank}.json").write_text(json.dumps(written))
-    pseudo.make_centroids(model, cfg, tmp_path / "centroids_ddp.safetensors", device)
+    pseudo.make_centroids(model, cfg, ckpt, tmp_path / "centroids_ddp.safetensors", device)
     pseudo.write_pseudo_label = real_write
 
     # self-training from that run: its pseudo-labels and centroids made sharded, then 2 steps
@@ -314,7 +314,7 @@ def test_pseudo_label_shards_cover_the_target_set_once(ddp, tiny):
     make_pseudo_labels(model, cfg, ckpt, ddp / "pseudo_one", torch.device("cpu"))
     for name in files:
         assert (ddp / "pseudo_one" / name).read_bytes() == (ddp / "pseudo_ddp" / name).read_bytes()
-    one = make_centroids(model, cfg, ddp / "centroids_one.safetensors", torch.device("cpu"))
+    one = make_centroids(model, cfg, ckpt, ddp / "centroids_one.safetensors", torch.device("cpu"))
     two = load_file(str(ddp / "centroids_ddp.safetensors"))
     assert torch.equal(two["counts"], load_file(str(ddp / "centroids_one.safetensors"))["counts"])
     assert torch.allclose(one, two["centroids"], rtol=1e-5, atol=1e-6)

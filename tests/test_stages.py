@@ -12,12 +12,17 @@ from PIL import Image
 
 from diga.checkpoint import load_model, resolve_checkpoint
 from diga.config import load_config
-from diga.data.pseudo_labels import PseudoLabelDataset, pseudo_label_path, write_pseudo_label
+from diga.data.pseudo_labels import (
+    PseudoLabelDataset,
+    StaleInputError,
+    pseudo_label_path,
+    write_pseudo_label,
+)
 from diga.errors import UserError
 from diga.method import class_mix_mask, mix
 from diga.train.loop import train_stage
 from diga.train.pseudo import load_centroids, make_centroids, make_pseudo_labels
-from diga.train.stages import ensure_pseudo_labels, run_selftrain
+from diga.train.stages import ensure_centroids, ensure_pseudo_labels, run_selftrain
 
 
 @pytest.fixture(scope="module")
@@ -83,9 +88,9 @@ def test_pseudo_labels_deterministic_and_roundtrip(tmp_path, warm, tiny):
 
 
 def test_centroids_file_checked(tmp_path, warm, tiny):
-    model, _, _ = load_model(warm)
+    model, _, ckpt = load_model(warm)
     cfg = load_config("demo", tiny)
-    c = make_centroids(model, cfg, tmp_path / "c.safetensors", torch.device("cpu"))
+    c = make_centroids(model, cfg, ckpt, tmp_path / "c.safetensors", torch.device("cpu"))
     assert c.shape == (19, 64)
     assert torch.equal(load_centroids(tmp_path / "c.safetensors", 19, 64), c)
     with pytest.raises(UserError, match=r"have shape \(19, 64\), this model needs \(16, 64\)"):
@@ -107,6 +112,64 @@ def test_pseudo_labels_of_another_dataset_are_refused(tmp_path, warm, tiny):
     (run / "pseudo" / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(UserError, match="classes: 16, this run has 19"):
         ensure_pseudo_labels(cfg, run, torch.device("cpu"), quiet=True)
+
+
+def _retrained(warm, tmp_path, tiny):
+    """The warm-up run trained on: the same folder and config, other weights."""
+    run = tmp_path / "warm"
+    shutil.copytree(warm, run)
+    cfg = load_config("demo", tiny)
+    ensure_pseudo_labels(cfg, run, torch.device("cpu"), quiet=True)
+    ensure_centroids(cfg, run, torch.device("cpu"), quiet=True)
+    before = resolve_checkpoint(run).identity()
+    shutil.rmtree(run / "checkpoints")
+    train_stage(load_config("demo", tiny + ["run.seed=3"]), "warmup", tmp_path / "other",
+                show_progress=False)
+    shutil.copytree(tmp_path / "other" / "checkpoints", run / "checkpoints")
+    return run, cfg, before
+
+
+def test_inputs_of_another_model_are_refused_then_regenerated(tmp_path, warm, tiny):
+    """Pseudo-labels and centroids name the model that made them (weights hash): after the run
+    was trained again they are refused with both models named, and made again on request."""
+    run, cfg, before = _retrained(warm, tmp_path, tiny)
+    after = resolve_checkpoint(run).identity()
+    assert before["folder"] == after["folder"] and before["weights"] != after["weights"]
+    with pytest.raises(StaleInputError) as err:
+        ensure_pseudo_labels(cfg, run, torch.device("cpu"), quiet=True)
+    line = str(err.value)
+    assert f"weights {before['weights'][:8]}" in line and f"weights {after['weights'][:8]}" in line
+    assert "--regenerate" in line
+    with pytest.raises(StaleInputError, match=f"centroids in .* were made by .*{before['weights'][:8]}"):
+        ensure_centroids(cfg, run, torch.device("cpu"), quiet=True)
+    ensure_pseudo_labels(cfg, run, torch.device("cpu"), quiet=True, regenerate=True)
+    manifest = json.loads((run / "pseudo" / "manifest.json").read_text())
+    assert manifest["model"]["weights"] == after["weights"]
+    ensure_centroids(cfg, run, torch.device("cpu"), quiet=True, regenerate=True)
+    ensure_pseudo_labels(cfg, run, torch.device("cpu"), quiet=True)  # accepted now
+    ensure_centroids(cfg, run, torch.device("cpu"), quiet=True)
+
+
+def test_inputs_of_an_older_diga_are_refused(tmp_path, warm, tiny):
+    """diga 0.1 wrote pseudo-labels at the training resize and centroids without provenance:
+    one line that says so and what to do."""
+    run = tmp_path / "warm"
+    shutil.copytree(warm, run)
+    cfg = load_config("demo", tiny)
+    ensure_pseudo_labels(cfg, run, torch.device("cpu"), quiet=True)
+    ensure_centroids(cfg, run, torch.device("cpu"), quiet=True)
+    old = {"model": str(run / "checkpoints" / "last"), "stage": "warmup", "step": 4,
+           "config_hash": "x", "scales": [1.0, 0.5],
+           "dataset": json.loads((run / "pseudo" / "manifest.json").read_text())["dataset"]}
+    (run / "pseudo" / "manifest.json").write_text(json.dumps(old))
+    with pytest.raises(StaleInputError, match="made by an older diga .*training resize"):
+        ensure_pseudo_labels(cfg, run, torch.device("cpu"), quiet=True)
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(str(run / "centroids.safetensors"))
+    save_file(tensors, str(run / "centroids.safetensors"), metadata={"classes": "19"})
+    with pytest.raises(StaleInputError, match="centroids in .* made by an older diga"):
+        ensure_centroids(cfg, run, torch.device("cpu"), quiet=True)
 
 
 @pytest.mark.slow

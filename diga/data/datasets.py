@@ -23,14 +23,17 @@ from diga.config import Config, DomainData
 from diga.data.classes import IGNORE_INDEX, class_protocol
 from diga.data.layouts import LabelDecoder, Sample, find_samples, read_image
 from diga.errors import UserError
+from diga.runtime.preprocess import resize_rgb
 
 
 @dataclass(frozen=True)
 class JointTransform:
     """Resize, random-sized crop, random crop, flip; labels always by nearest neighbour.
 
-    ``train=False``: only the fixed resize of the image; the label keeps its size so that
-    evaluation compares with full-resolution ground truth.
+    ``train=False``: only the fixed resize of the image, with the deployed runtime's own
+    resize function (``diga.runtime.preprocess.resize_rgb``), so evaluation, pseudo-labels and
+    an app see the same pixels; the label keeps its size so that evaluation compares with
+    full-resolution ground truth.
     """
 
     resize: tuple[int, int] | None = None
@@ -43,7 +46,8 @@ class JointTransform:
         # image uint8 (3, H, W), label uint8 (..., H, W): several label maps may travel together
         if not self.train:
             if self.resize is not None and tuple(image.shape[-2:]) != self.resize:
-                image = _resize(image, self.resize, "bilinear")
+                hwc = resize_rgb(image.permute(1, 2, 0).numpy(), self.resize)
+                image = torch.from_numpy(np.array(hwc)).permute(2, 0, 1)  # a writable copy
             return image, label
         gen = torch.Generator().manual_seed(seed)
         size = self.resize or tuple(image.shape[-2:])
@@ -188,15 +192,20 @@ class InfiniteSampler(Sampler):
             pos += self.world_size
 
 
-def build_dataset(cfg: Config, domain: str, split: str, train: bool) -> SegDataset:
-    """The source or target dataset of a config; ``train`` selects the random transforms."""
+def build_dataset(cfg: Config, domain: str, split: str, train: bool,
+                  native: bool = False) -> SegDataset:
+    """The source or target dataset of a config; ``train`` selects the random transforms.
+
+    ``native`` (with ``train=False``): images at their own size, not the domain's resize, as a
+    camera delivers them to a deployed model (which resizes them itself).
+    """
     dom = cfg.data.source if domain == "source" else cfg.data.target
     split_name = dom.train_split if split == "train" else dom.val_split
     if train:
         transform = JointTransform(resize=dom.resize, crop=cfg.train.crop,
                                    scale_range=cfg.data.scale_range, flip=cfg.data.flip)
     else:
-        transform = JointTransform(resize=dom.resize, train=False)
+        transform = JointTransform(resize=None if native else dom.resize, train=False)
     from diga.data.builtin import BuiltinSpec
 
     b = cfg.data.builtin

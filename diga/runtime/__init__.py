@@ -1,7 +1,7 @@
 """The torch-free runtime: run an exported model (.onnx / .engine) on images.
 
     from diga.runtime import Segmenter, colorize
-    seg = Segmenter("model.onnx")
+    seg = Segmenter("model.onnx")            # size="trained": runs at the trained scale
     labels = seg(image)                      # RGB uint8 (H, W, 3) or PIL -> (H, W) uint8
     color = colorize(labels, seg.info.palette)
 
@@ -10,11 +10,13 @@ never torch: ``tests/test_runtime.py`` proves it in a subprocess.
 """
 
 from diga.runtime.metadata import ModelInfo
-from diga.runtime.preprocess import prepare_batch, to_rgb_uint8
+from diga.runtime.preprocess import model_input_size, prepare_batch, to_model_size, to_rgb_uint8
 from diga.runtime.segmenter import (
     BACKENDS,
     RuntimeFallbackWarning,
+    ScaleWarning,
     Segmenter,
+    SegmenterWarning,
     check_backend,
     colorize,
     engine_sidecar,
@@ -25,11 +27,15 @@ __all__ = [
     "BACKENDS",
     "ModelInfo",
     "RuntimeFallbackWarning",
+    "ScaleWarning",
     "Segmenter",
+    "SegmenterWarning",
     "check_backend",
     "colorize",
     "engine_sidecar",
     "overlay",
+    "model_input_size",
     "prepare_batch",
+    "to_model_size",
     "to_rgb_uint8",
 ]

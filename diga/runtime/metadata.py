@@ -20,6 +20,14 @@ INPUT_KINDS = ("float", "uint8")  # float: normalised NCHW float32; uint8: raw R
 OUTPUT_KINDS = ("logits", "labels")  # logits: (B, C, H, W) float; labels: (B, H, W) uint8 train ids
 LAYOUTS = ("NCHW", "NHWC")
 PRECISIONS = ("fp32", "fp16", "int8")
+NATIVE = "native"  # inference_size of a model trained on images at their own size
+
+
+def _size(text: str) -> tuple[int, int]:
+    h, w = (int(v) for v in text.split("x"))
+    if h <= 0 or w <= 0:
+        raise ValueError(f"size {text!r} is not positive")
+    return h, w
 
 
 @dataclass(frozen=True)
@@ -28,6 +36,14 @@ class ModelInfo:
 
     ``input_size`` is the (H, W) the model was exported (and calibrated) at; a static model
     takes only that size, a dynamic one takes any.
+
+    ``inference_size`` is the (H, W) the model was trained and evaluated at (the target
+    domain's resize, or ``export.input_size``): the runtime resizes every image to it and
+    brings the output back to the image's own size (logits bilinearly before the argmax,
+    label maps by nearest neighbour: ``output_resize``). None: the model was trained on images
+    at their own size, so each image runs at its own size. ``scale_recorded`` is False for
+    files exported before diga recorded the inference size (0.1): they run at each image's
+    own size, with a warning.
     """
 
     class_names: tuple[str, ...]
@@ -42,11 +58,17 @@ class ModelInfo:
     dynamic: bool = True
     precision: str = "fp32"
     provenance: dict[str, Any] = field(default_factory=dict)
+    inference_size: tuple[int, int] | None = None
+    scale_recorded: bool = True
 
     def __post_init__(self) -> None:
         palette = np.asarray(self.palette, dtype=np.uint8).reshape(-1, 3)
         object.__setattr__(self, "palette", palette)
         object.__setattr__(self, "class_names", tuple(self.class_names))
+        for name in ("input_size", "inference_size"):
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, (int(value[0]), int(value[1])))
         for name, value, allowed in (("input_kind", self.input_kind, INPUT_KINDS),
                                      ("output_kind", self.output_kind, OUTPUT_KINDS),
                                      ("layout", self.layout, LAYOUTS),
@@ -60,6 +82,13 @@ class ModelInfo:
     def num_classes(self) -> int:
         return len(self.class_names)
 
+    @property
+    def output_resize(self) -> str:
+        """How an output goes back to the input image's size."""
+        if self.output_kind == "logits":
+            return "bilinear logits, then argmax"
+        return "nearest labels"
+
     def replace(self, **changes: Any) -> ModelInfo:
         values = {k: getattr(self, k) for k in self.__dataclass_fields__}
         values.update(changes)
@@ -68,7 +97,9 @@ class ModelInfo:
     def to_props(self) -> dict[str, str]:
         """String key/value pairs for ONNX ``metadata_props`` (and the engine side-car)."""
         size = f"{self.input_size[0]}x{self.input_size[1]}" if self.input_size else ""
-        return {
+        scale = (f"{self.inference_size[0]}x{self.inference_size[1]}" if self.inference_size
+                 else NATIVE)
+        props = {
             "format": METADATA_FORMAT,
             "class_names": json.dumps(list(self.class_names)),
             "palette": json.dumps(self.palette.tolist()),
@@ -82,7 +113,12 @@ class ModelInfo:
             "dynamic": json.dumps(self.dynamic),
             "precision": self.precision,
             "provenance": json.dumps(self.provenance, sort_keys=True),
+            "inference_size": scale,
+            "output_resize": self.output_resize,
         }
+        if not self.scale_recorded:  # an older file read back: write what it had
+            del props["inference_size"], props["output_resize"]
+        return props
 
     @classmethod
     def from_props(cls, props: dict[str, str], where: str) -> ModelInfo:
@@ -96,6 +132,7 @@ class ModelInfo:
                             "export the model with 'diga export', which embeds them")
         try:
             size = props.get("input_size", "")
+            scale = props.get("inference_size")
             return cls(
                 class_names=tuple(json.loads(props["class_names"])),
                 palette=np.array(json.loads(props["palette"]), dtype=np.uint8),
@@ -105,10 +142,12 @@ class ModelInfo:
                 output_kind=props["output_kind"],
                 layout=props["layout"],
                 channel_order=props.get("channel_order", "RGB"),
-                input_size=tuple(int(v) for v in size.split("x")) if size else None,  # type: ignore[arg-type]
+                input_size=_size(size) if size else None,
                 dynamic=bool(json.loads(props.get("dynamic", "true"))),
                 precision=props.get("precision", "fp32"),
                 provenance=json.loads(props.get("provenance", "{}")),
+                inference_size=_size(scale) if scale not in (None, NATIVE) else None,
+                scale_recorded=scale is not None,
             )
         except (KeyError, ValueError, TypeError) as exc:
             raise UserError(f"the diga metadata in {where} is damaged ({type(exc).__name__}: {exc})",

@@ -85,11 +85,52 @@ def normalize(images: np.ndarray, mean: Sequence[float], std: Sequence[float]) -
     return np.ascontiguousarray((x - m) / s)
 
 
-def model_input_size(info: ModelInfo, image_size: tuple[int, int]) -> tuple[int, int]:
-    """The (H, W) an image of ``image_size`` is run at: its own, or the static model's."""
+RunSize = str | tuple[int, int]  # "trained", "native" or an explicit (H, W)
+TRAINED, NATIVE = "trained", "native"
+
+
+def check_run_size(info: ModelInfo, size: RunSize, where: str) -> RunSize:
+    """Validate a run size for a model: ``trained``, ``native`` or a positive (H, W).
+
+    Raises:
+        UserError: an unknown size, or a size other than its own for a static model.
+    """
+    if isinstance(size, str):
+        if size not in (TRAINED, NATIVE):
+            raise UserError(f"unknown run size {size!r} for {where}",
+                            "use 'trained' (the default), 'native' or an (H, W) pair")
+    else:
+        size = (int(size[0]), int(size[1]))
+        if min(size) <= 0:
+            raise UserError(f"run size {size} for {where} is not positive", "give HxW > 0")
+    if not info.dynamic and info.input_size is not None and size not in (TRAINED, info.input_size):
+        h, w = info.input_size
+        raise UserError(f"{where} is a static model: it runs only at {h}x{w}, not at {size}",
+                        "drop the size option, or export a dynamic model (without --static)")
+    return size
+
+
+def model_input_size(info: ModelInfo, image_size: tuple[int, int],
+                     size: RunSize = TRAINED) -> tuple[int, int]:
+    """The (H, W) an image of ``image_size`` is run at: the one rule every path shares.
+
+    A static model runs at its export size. Otherwise ``trained`` (the default) is the size the
+    model was trained and evaluated at (``info.inference_size``; the image's own size for a
+    model trained on images at their own size, or an older file that records none); ``native``
+    is the image's own size; an (H, W) is that size.
+    """
     if not info.dynamic and info.input_size is not None:
         return info.input_size
-    return image_size
+    if size == TRAINED:
+        return info.inference_size or tuple(image_size)  # type: ignore[return-value]
+    if size == NATIVE:
+        return tuple(image_size)  # type: ignore[return-value]
+    return tuple(size)  # type: ignore[return-value]
+
+
+def to_model_size(image: np.ndarray, info: ModelInfo, size: RunSize = TRAINED) -> np.ndarray:
+    """An RGB uint8 (H, W, 3) image resized (bilinear) to the size it runs at."""
+    return resize_rgb(image, model_input_size(info, image.shape[:2], size))
 
 
 def prepare_batch(images: Sequence[np.ndarray], info: ModelInfo) -> np.ndarray:

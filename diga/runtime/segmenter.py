@@ -23,6 +23,9 @@ import numpy as np
 from diga.errors import UserError
 from diga.runtime.metadata import ModelInfo
 from diga.runtime.preprocess import (
+    TRAINED,
+    RunSize,
+    check_run_size,
     labels_from_output,
     model_input_size,
     prepare_batch,
@@ -35,8 +38,16 @@ CPU, CUDA, TRT = "CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecu
 PROVIDER_BACKEND = {CPU: "cpu", CUDA: "cuda", TRT: "tensorrt"}
 
 
-class RuntimeFallbackWarning(UserWarning):
+class SegmenterWarning(UserWarning):
+    """Something an app should know about how its model runs (the CLI prints it as one line)."""
+
+
+class RuntimeFallbackWarning(SegmenterWarning):
     """``backend="auto"`` could not get the accelerator it tried and fell back."""
+
+
+class ScaleWarning(SegmenterWarning):
+    """The model file records no inference size (an older export): images run at their own size."""
 
 
 def check_backend(backend: str) -> str:
@@ -125,9 +136,14 @@ class Segmenter:
         backend: ``auto`` (CUDA when onnxruntime has it, else CPU; a warning if a GPU provider
             was tried and not obtained), ``cpu``, ``cuda`` or ``tensorrt`` (onnxruntime's
             TensorRT provider for ``.onnx``; ``.engine`` files always run on TensorRT).
+        size: the size each image runs at. ``trained`` (the default): the size the model was
+            trained and evaluated at (``info.inference_size``), so a raw camera frame is
+            labelled at the scale ``diga eval`` measured; ``native``: the image's own size;
+            or an explicit (H, W). Labels always come back at the image's own size (or
+            ``out_size``). A static model runs at its export size only.
     """
 
-    def __init__(self, path: str | Path, backend: str = "auto") -> None:
+    def __init__(self, path: str | Path, backend: str = "auto", size: RunSize = TRAINED) -> None:
         self.path = Path(path)
         check_backend(backend)
         if not self.path.is_file():
@@ -152,6 +168,13 @@ class Segmenter:
             raise UserError(f"cannot run {self.path.name}: unknown model file type '{suffix}'",
                             "give an .onnx or .engine file (a run directory or checkpoint runs "
                             "through 'diga predict' / 'diga eval' with PyTorch)")
+        self.size = check_run_size(self.info, size, str(self.path))
+        if size == TRAINED and not self.info.scale_recorded and self.info.dynamic:
+            warnings.warn(f"{self.path.name} records no inference size (exported by diga 0.1): "
+                          "each image runs at its own size, which is the trained scale only if "
+                          "the model was trained on images of that size; export it again with "
+                          "'diga export RUN' to run at the trained scale", ScaleWarning,
+                          stacklevel=2)
 
     def _read_sidecar(self) -> ModelInfo:
         sidecar = engine_sidecar(self.path)
@@ -165,18 +188,33 @@ class Segmenter:
                             "rebuild the engine with 'diga export --trt'") from None
         return ModelInfo.from_props(data.get("metadata", {}), str(sidecar))
 
+    def run_size(self, image_size: tuple[int, int]) -> tuple[int, int]:
+        """The (H, W) an image of ``image_size`` runs at (``model_input_size``)."""
+        return model_input_size(self.info, image_size, self.size)
+
     def describe(self) -> str:
-        """One line: file, backend / provider, precision, input and output kinds."""
-        size = "dynamic" if self.info.dynamic else "x".join(map(str, self.info.input_size or ()))
+        """One line: file, backend / provider, precision, input and output kinds, run size."""
+        shape = "dynamic" if self.info.dynamic else "x".join(map(str, self.info.input_size or ()))
+        if not self.info.dynamic:
+            runs = "static size"
+        elif self.size == TRAINED:
+            trained = self.info.inference_size
+            runs = (f"runs at the trained {trained[0]}x{trained[1]}" if trained else
+                    "runs at each image's own size (trained so)" if self.info.scale_recorded else
+                    "runs at each image's own size (no inference size recorded)")
+        elif isinstance(self.size, tuple):
+            runs = f"runs at {self.size[0]}x{self.size[1]}"
+        else:
+            runs = "runs at each image's own size"
         return (f"{self.path.name}: {self.provider} ({self.backend}), {self.info.precision}, "
-                f"input {self.info.input_kind} {self.info.layout} {size}, "
+                f"input {self.info.input_kind} {self.info.layout} {shape} ({runs}), "
                 f"output {self.info.output_kind}, {self.info.num_classes} classes")
 
     def prepare(self, images: Sequence[Any]) -> tuple[np.ndarray, list[tuple[int, int]]]:
-        """Images of one run size -> (input batch, original sizes)."""
+        """Images that run at one size -> (input batch, original sizes)."""
         rgbs = [to_rgb_uint8(img) for img in images]
         sizes = [img.shape[:2] for img in rgbs]
-        run_sizes = {model_input_size(self.info, s) for s in sizes}
+        run_sizes = {self.run_size(s) for s in sizes}
         if len(run_sizes) != 1:
             raise ValueError("prepare() needs images of one size; predict_batch groups them")
         run_size = run_sizes.pop()
@@ -197,7 +235,7 @@ class Segmenter:
                 for i, img in enumerate(images)]
         groups: dict[tuple[int, int], list[int]] = {}
         for i, img in enumerate(rgbs):
-            groups.setdefault(model_input_size(self.info, img.shape[:2]), []).append(i)
+            groups.setdefault(self.run_size(img.shape[:2]), []).append(i)
         results: list[np.ndarray | None] = [None] * len(rgbs)
         step = min(max_batch, self._model.max_batch or max_batch)  # a static batch caps it
         for run_size, members in groups.items():

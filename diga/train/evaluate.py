@@ -1,9 +1,11 @@
-"""Evaluation on a labelled split: one confusion matrix, optional multi-scale and flip test."""
+"""Evaluation on a labelled split: one confusion matrix, optional multi-scale and flip test;
+and ``TorchSegmenter``, a checkpoint behind the runtime's image-in, labels-out contract."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -89,3 +91,39 @@ def _save_label_ids(out: Path, dataset: SegDataset, indices: list[int], pred: to
         stem = name.name.removesuffix("_leftImg8bit.png").rsplit(".", 1)[0]
         path = out / name.parent / f"{stem}_pred_labelIds.png"
         atomic_write(path, lambda p, ids=ids: Image.fromarray(ids.astype(np.uint8)).save(p, format="PNG"))
+
+
+class TorchSegmenter:
+    """A checkpoint through PyTorch with ``diga.runtime.Segmenter``'s contract: an RGB image of
+    any size in, train-id labels at its size out, run at the trained scale.
+
+    The image is resized with the runtime's own function to the size the model was trained and
+    evaluated at (``Config.inference_size``), then predicted as ``diga eval`` predicts
+    (``eval.scales``, ``eval.flip``, logits upsampled to the output size before the argmax).
+
+    Args:
+        size: ``trained`` (default), ``native`` (the image's own size) or an (H, W).
+    """
+
+    def __init__(self, path: Path, device: torch.device | str = "cpu", size: Any = "trained") -> None:
+        from diga.checkpoint import load_model
+        from diga.runtime import ModelInfo
+        from diga.runtime.preprocess import check_run_size
+
+        self.device = torch.device(device)
+        self.model, self.cfg, self.checkpoint = load_model(path, self.device)
+        protocol = class_protocol(self.cfg.num_classes)
+        self.info = ModelInfo(protocol.names, protocol.palette, tuple(self.cfg.data.mean),
+                              tuple(self.cfg.data.std), inference_size=self.cfg.inference_size)
+        self.size = check_run_size(self.info, size, str(path))
+
+    @torch.no_grad()
+    def __call__(self, image: np.ndarray, out_size: tuple[int, int] | None = None) -> np.ndarray:
+        """RGB uint8 (H, W, 3) -> uint8 (H, W) train ids (or at ``out_size``)."""
+        from diga.runtime.preprocess import to_model_size
+
+        resized = to_model_size(image, self.info, self.size)  # (h, w, 3) at the run size
+        x = torch.from_numpy(np.array(resized)).permute(2, 0, 1)[None].to(self.device)
+        logits = predict_logits(self.model, x, tuple(out_size or image.shape[:2]), self.cfg.data.mean,
+                                self.cfg.data.std, tuple(self.cfg.eval.scales), self.cfg.eval.flip)
+        return logits.argmax(1)[0].to(torch.uint8).cpu().numpy()

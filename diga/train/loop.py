@@ -43,6 +43,7 @@ from diga.train.distributed import (
     rng_state,
     seed_rank_streams,
 )
+from diga.metrics import SegMetrics
 from diga.train.evaluate import evaluate
 from diga.train.optim import build_optimizer, poly_lr, set_lr
 from diga.train.progress import StepProgress
@@ -321,19 +322,25 @@ def train_stage(cfg: Config, stage: str, run_dir: Path, resume: bool = False,
         if eval_now:
             m = evaluate(student, target_val, cfg, device)  # images sharded over the ranks
             if dist.is_main:
-                append_jsonl(run_dir / "metrics.jsonl", {"step": done, "target_val_miou": m.miou})
+                append_jsonl(run_dir / "metrics.jsonl", {"step": done, **_val_metrics(m, brief=True)})
         if done % cfg.train.checkpoint_every == 0 and done != steps:
             checkpoint(done, {})
     progress.close()
 
     # Target-val mIoU is reported, never used to pick a checkpoint: the last one is the model.
     final = evaluate(student, target_val, cfg, device) if target_val.has_labels else None
-    metrics = {"target_val_miou": final.miou, "target_val_pixel_acc": final.pixel_acc,
-               "target_val_iou": final.as_dict()["iou"]} if final else {}
+    metrics = _val_metrics(final) if final else {}
     if dist.is_main:
         append_jsonl(run_dir / "metrics.jsonl", {"step": steps, "final": True, **metrics})
     checkpoint(steps, metrics)
     return StageResult(run_dir, steps, metrics)
+
+
+def _val_metrics(metrics: SegMetrics, brief: bool = False) -> dict[str, Any]:
+    """Target-val metrics as logged: mIoU (and SYNTHIA's 13-class mIoU), pixel accuracy, IoUs."""
+    out = {f"target_val_{k}": v for k, v in metrics.as_dict().items()}
+    return {k: v for k, v in out.items() if k in ("target_val_miou", "target_val_miou13")} \
+        if brief else out
 
 
 def _pseudo_stats(p_raw: torch.Tensor, p_sel: torch.Tensor, truth: torch.Tensor,

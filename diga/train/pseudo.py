@@ -8,11 +8,13 @@ single-process one up to floating-point summation order.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from diga.checkpoint import Checkpoint
@@ -20,7 +22,9 @@ from diga.config import Config
 from diga.data.datasets import SegDataset, build_dataset, eval_loader, normalize
 from diga.data.pseudo_labels import (
     MANIFEST,
-    dataset_identity,
+    StaleInputError,
+    check_made_by,
+    inputs_provenance,
     pseudo_label_path,
     write_pseudo_label,
 )
@@ -43,9 +47,12 @@ def make_pseudo_labels(model: torch.nn.Module, cfg: Config, ckpt: Checkpoint, ou
                        progress: Callable[[int, int], None] | None = None) -> dict:
     """Multi-scale (``cfg.pseudo.scales``) max-fused argmax labels for every target train image.
 
-    No confidence threshold. Writes ``out/<name>.png`` (train ids) and ``out/manifest.json``
-    last, so a folder without a manifest is an unfinished one. ``progress`` counts this
-    rank's images.
+    The model sees each image at the target resize (the scale it trains at); the logits of
+    every scale are upsampled to the image's own size (its raw label resolution) before the
+    max and the argmax, so the labels do not depend on the training resize and the joint
+    transform resizes them with the image. No confidence threshold. Writes ``out/<name>.png``
+    (train ids) and ``out/manifest.json`` last, so a folder without a manifest is an
+    unfinished one. ``progress`` counts this rank's images.
     """
     dist = current()
     dataset = _target_train(cfg)
@@ -57,8 +64,9 @@ def make_pseudo_labels(model: torch.nn.Module, cfg: Config, ckpt: Checkpoint, ou
         (out / MANIFEST).unlink(missing_ok=True)
     done, tic = 0, time.perf_counter()
     for batch in loader:
-        images = batch["image"].to(device)
-        logits = predict_logits(model, images, tuple(images.shape[-2:]), cfg.data.mean,
+        images = batch["image"].to(device)  # (B, 3, h, w) at the target resize
+        raw_size = tuple(batch["label"].shape[-2:])  # each image's own size (labels keep it)
+        logits = predict_logits(model, images, raw_size, cfg.data.mean,
                                 cfg.data.std, tuple(cfg.pseudo.scales))
         labels = logits.argmax(1).to(torch.uint8).cpu().numpy()  # (B, H, W) train ids
         for index, label in zip(batch["index"].tolist(), labels, strict=True):
@@ -67,11 +75,9 @@ def make_pseudo_labels(model: torch.nn.Module, cfg: Config, ckpt: Checkpoint, ou
         if progress is not None:
             progress(done, total)
     dist.barrier()  # every shard written before the manifest says the folder is complete
-    manifest = {
-        "model": str(ckpt.folder), "stage": ckpt.meta.get("stage"), "step": ckpt.step,
-        "config_hash": ckpt.meta.get("config_hash"), "scales": list(cfg.pseudo.scales),
-        "dataset": dataset_identity(dataset, cfg.data), "seconds": time.perf_counter() - tic,
-    }
+    manifest = {**inputs_provenance(cfg, dataset, ckpt.identity()),
+                "label_size": "each image's own size", "scales": list(cfg.pseudo.scales),
+                "seconds": time.perf_counter() - tic}
     if dist.is_main:
         atomic_write_json(out / MANIFEST, manifest)
     dist.barrier()  # nobody reads the folder before its manifest exists
@@ -79,11 +85,14 @@ def make_pseudo_labels(model: torch.nn.Module, cfg: Config, ckpt: Checkpoint, ou
 
 
 @torch.no_grad()
-def make_centroids(model: torch.nn.Module, cfg: Config, out_file: Path, device: torch.device,
+def make_centroids(model: torch.nn.Module, cfg: Config, ckpt: Checkpoint, out_file: Path,
+                   device: torch.device,
                    progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
     """Per-class running mean of the features at pixels the model predicts as that class.
 
-    Classes with fewer than ``selftrain.min_pixels`` pixels in an image are skipped for it.
+    Images at the target resize: the scale self-training sees target images at (its random
+    scales are centred on it). Classes with fewer than ``selftrain.min_pixels`` pixels in an
+    image are skipped for it. The file records the model (``ckpt``) and data it came from.
     Under torchrun: float64 sums and counts of each rank's shard, summed over ranks, then
     divided; every rank returns the centroids, rank 0 writes the file.
     """
@@ -106,24 +115,40 @@ def make_centroids(model: torch.nn.Module, cfg: Config, out_file: Path, device: 
         acc.counts = dist.all_reduce_sum(acc.counts.to(device))
     centroids = acc.centroids().float().cpu()
     tensors = {"centroids": centroids.contiguous(), "counts": acc.counts.cpu().contiguous()}
+    provenance = inputs_provenance(cfg, dataset, ckpt.identity())
+    metadata = {"classes": str(cfg.num_classes), "provenance": json.dumps(provenance)}
     if dist.is_main:
-        atomic_write(out_file, lambda p: save_file(tensors, str(p),
-                                                   metadata={"classes": str(cfg.num_classes)}))
+        atomic_write(out_file, lambda p: save_file(tensors, str(p), metadata=metadata))
     dist.barrier()  # the file exists for every rank from here on
     return centroids
 
 
-def load_centroids(path: Path, num_classes: int, feat_dim: int) -> torch.Tensor:
-    """Read a centroids file and check it fits the model and class protocol."""
+def load_centroids(path: Path, num_classes: int, feat_dim: int,
+                   expected: dict | None = None) -> torch.Tensor:
+    """Read a centroids file and check it fits the model and class protocol, and (with
+    ``expected``, an ``inputs_provenance``) that this model made it from this data.
+
+    Raises:
+        UserError: missing or corrupt file, wrong shape.
+        StaleInputError: made by another model, for other data or scale, or by diga 0.1.
+    """
     if not path.is_file():
         raise UserError(f"centroids file {path} not found", "make it with 'diga centroids RUN'")
     try:
+        with safe_open(str(path), "pt") as fh:
+            metadata = fh.metadata() or {}
         centroids = load_file(str(path))["centroids"]
     except Exception:
-        raise UserError(f"centroids file {path} is corrupt or not a centroids file",
-                        "delete it and run 'diga centroids RUN' again") from None
+        raise StaleInputError(f"centroids file {path} is corrupt or not a centroids file",
+                              f"delete {path}; self-training makes it again") from None
     if tuple(centroids.shape) != (num_classes, feat_dim):
-        raise UserError(f"centroids in {path} have shape {tuple(centroids.shape)}, this model "
-                        f"needs ({num_classes}, {feat_dim})",
-                        "delete the file and run 'diga centroids RUN' for this model")
+        raise StaleInputError(f"centroids in {path} have shape {tuple(centroids.shape)}, this "
+                              f"model needs ({num_classes}, {feat_dim})",
+                              f"delete {path}; self-training makes it again for this model")
+    if expected is not None:
+        try:
+            found = json.loads(metadata.get("provenance", "{}"))
+        except json.JSONDecodeError:
+            found = {}
+        check_made_by(f"centroids in {path}", path, found, expected)
     return centroids

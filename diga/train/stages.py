@@ -10,7 +10,7 @@ from rich.console import Console
 from diga.checkpoint import Checkpoint, load_model, resolve_checkpoint
 from diga.config import Config, config_from_dict
 from diga.data.datasets import build_dataset
-from diga.data.pseudo_labels import MANIFEST, check_manifest, dataset_identity
+from diga.data.pseudo_labels import MANIFEST, StaleInputError, check_manifest, inputs_provenance
 from diga.errors import UserError
 from diga.train.distributed import current, init_distributed
 from diga.train.loop import SelftrainInputs, StageResult, check_resumable, train_stage
@@ -49,30 +49,60 @@ def run_config(run_dir: Path) -> Config:
     return config_from_dict(yaml.safe_load(path.read_text()))
 
 
-def ensure_pseudo_labels(cfg: Config, init_dir: Path, device, quiet: bool = False) -> Path:
-    """``init_dir/pseudo`` made by the init run's student, or checked when it exists."""
+def ensure_pseudo_labels(cfg: Config, init_dir: Path, device, quiet: bool = False,
+                         regenerate: bool = False) -> Path:
+    """``init_dir/pseudo`` made by the init run's student: made when absent, checked when it
+    exists (same model weights, dataset, scale and format), made again when stale and
+    ``regenerate``.
+
+    Raises:
+        StaleInputError: the folder was made by another model, for other data or scale, or by
+            an older diga, and ``regenerate`` is False.
+    """
     folder = init_dir / "pseudo"
-    expected = dataset_identity(build_dataset(cfg, "target", "train", train=False), cfg.data)
+    ckpt = resolve_checkpoint(init_dir)
+    dataset = build_dataset(cfg, "target", "train", train=False)
+    expected = {**inputs_provenance(cfg, dataset, ckpt.identity()),
+                "scales": list(cfg.pseudo.scales)}
     if (folder / MANIFEST).is_file():
-        check_manifest(folder, expected)
-        return folder
+        try:
+            check_manifest(folder, expected)
+            return folder
+        except StaleInputError as exc:
+            if not regenerate:
+                raise
+            _say(quiet, f"making pseudo-labels again ({exc.message})")
+    current().barrier()  # every rank has read the old manifest before rank 0 removes it
     model, _, ckpt = load_model(init_dir, device)
     _check_same_model(cfg, ckpt)
-    if not quiet and current().is_main:
-        console.print(f"pseudo-labels: {folder}")
+    _say(quiet, f"pseudo-labels: {folder}")
     make_pseudo_labels(model, cfg, ckpt, folder, device)
     return folder
 
 
-def ensure_centroids(cfg: Config, init_dir: Path, device, quiet: bool = False):
+def ensure_centroids(cfg: Config, init_dir: Path, device, quiet: bool = False,
+                     regenerate: bool = False):
+    """``init_dir/centroids.safetensors`` of the init run's student, as the pseudo-labels."""
     path = init_dir / CENTROIDS_FILE
     model, _, ckpt = load_model(init_dir, device)
     _check_same_model(cfg, ckpt)
-    if not path.exists():  # every rank sees the same answer: the file is written after a collective
-        if not quiet and current().is_main:
-            console.print(f"centroids: {path}")
-        make_centroids(model, cfg, path, device)
-    return load_centroids(path, cfg.num_classes, model.feature_dim)
+    dataset = build_dataset(cfg, "target", "train", train=False)
+    expected = inputs_provenance(cfg, dataset, ckpt.identity())
+    if path.exists():  # every rank sees the same answer: the file is written after a collective
+        try:
+            return load_centroids(path, cfg.num_classes, model.feature_dim, expected)
+        except StaleInputError as exc:
+            if not regenerate:
+                raise
+            _say(quiet, f"making centroids again ({exc.message})")
+    _say(quiet, f"centroids: {path}")
+    make_centroids(model, cfg, ckpt, path, device)
+    return load_centroids(path, cfg.num_classes, model.feature_dim, expected)
+
+
+def _say(quiet: bool, message: str) -> None:
+    if not quiet and current().is_main:
+        console.print(message, highlight=False)
 
 
 def _check_same_model(cfg: Config, ckpt: Checkpoint) -> None:
@@ -93,10 +123,11 @@ def finished_metrics(run_dir: Path, steps: int) -> dict[str, Any] | None:
 
 
 def run_selftrain(cfg: Config, init: Path, out: Path, resume: bool = False,
-                  show_progress: bool = True) -> list[StageResult]:
+                  show_progress: bool = True, regenerate: bool = False) -> list[StageResult]:
     """Self-training rounds ``out/round1``, ``out/round2``, ...; round r starts from round r-1.
 
-    Each round regenerates pseudo-labels and centroids with the model it starts from. Under
+    Each round's pseudo-labels and centroids are those of the model it starts from (made when
+    absent; ``regenerate``: made again where another model, data or scale made them). Under
     torchrun every rank runs this; pseudo-labelling and centroids are sharded over them.
     """
     _, device = init_distributed(cfg.run)
@@ -112,8 +143,8 @@ def run_selftrain(cfg: Config, init: Path, out: Path, resume: bool = False,
             continue  # finished before an interruption
         if not resume:
             prepare_run_dir(round_dir, False, "selftrain")
-        pseudo_dir = ensure_pseudo_labels(cfg, init_dir, device, quiet=not show_progress)
-        centroids = ensure_centroids(cfg, init_dir, device, quiet=not show_progress)
+        pseudo_dir = ensure_pseudo_labels(cfg, init_dir, device, not show_progress, regenerate)
+        centroids = ensure_centroids(cfg, init_dir, device, not show_progress, regenerate)
         inputs = SelftrainInputs(resolve_checkpoint(init_dir), pseudo_dir, centroids)
         resuming = resume and (round_dir / "checkpoints" / "last").is_dir()
         results.append(train_stage(cfg, "selftrain", round_dir, resume=resuming,
