@@ -51,7 +51,7 @@ def eval_command(
             raise UserError(f"{ckpt.folder} has no teacher weights", "evaluate without --teacher")
         net.load_state_dict(state)
     net.to(device)
-    dataset = build_dataset(cfg, "target", "val", train=False)
+    dataset = build_dataset(cfg, "target", "val", train=False, scales=cfg.eval.scales)
     if not dataset.has_labels:
         raise UserError(f"the target val split at {cfg.data.target.root} has no labels",
                         "evaluation needs gtFine labelIds (Cityscapes) or labels/ (folder)")
@@ -61,10 +61,15 @@ def eval_command(
         task = bar.add_task("evaluating", total=len(dataset))
         metrics = evaluate(net, dataset, cfg, device, save_predictions=save_predictions,
                            progress=lambda i, n: bar.update(task, completed=i))
+    resize = cfg.data.target.resize
+    protocol = {"scales": list(cfg.eval.scales), "flip": cfg.eval.flip,
+                "run_size": f"{resize[0]}x{resize[1]}" if resize else "each image's own size"}
     result = {"model": str(ckpt.folder), "stage": ckpt.meta.get("stage"), "step": ckpt.step,
               "weights": "teacher" if teacher else "student", "images": len(dataset),
-              **metrics.as_dict()}
-    _print(result, f"target val: {cfg.data.target.kind} ({len(dataset)} images)")
+              "protocol": protocol, **metrics.as_dict()}
+    test = (f"scales {', '.join(f'{s:g}' for s in cfg.eval.scales)} of {protocol['run_size']}"
+            f"{', flip' if cfg.eval.flip else ''}")
+    _print(result, f"target val: {cfg.data.target.kind} ({len(dataset)} images), {test}")
     if json_path is not None:
         atomic_write_json(json_path, result)
     if save_predictions is not None:
@@ -81,6 +86,11 @@ def _print(result: dict, title: str) -> None:
     table.add_row("[bold]mIoU[/]", f"[bold]{result['miou']:.2f}[/]")
     if "miou13" in result:
         table.add_row("mIoU (13 classes)", f"{result['miou13']:.2f}")
+    single = result.get("single_scale")
+    if single:  # a multi-scale / flip test: what the deployed model (one scale) gets
+        table.add_row("mIoU single scale", f"{single['miou']:.2f}")
+        if "miou13" in single:
+            table.add_row("mIoU single scale (13)", f"{single['miou13']:.2f}")
     table.add_row("pixel acc", f"{result['pixel_acc']:.2f}")
     console.print(table)
 

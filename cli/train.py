@@ -47,15 +47,15 @@ def _report(stage: str, run_dir: Path, metrics: dict) -> None:
     console.print(f"[green]{stage} done[/]: {run_dir}  ({tail})")
 
 
-def _check_before_launch(cfg: Config, devices: int) -> None:
+def _check_before_launch(cfg: Config, devices: int, stage: str) -> None:
     """The user errors a torchrun job would hit, caught before its processes start."""
     from diga.config import check_data_paths
     from diga.device import select_device
     from diga.train.distributed import Distributed, check_world
 
     check_data_paths(cfg, source=True, target=True)
-    check_world(Distributed(world_size=devices), cfg.run, cfg.train.batch_size,
-                select_device(cfg.run.device))
+    batch, key = cfg.stage_batch_size(stage)
+    check_world(Distributed(world_size=devices), cfg.run, batch, select_device(cfg.run.device), key)
 
 
 def _flags(out: Path, resume: bool, quiet: bool) -> list[str]:
@@ -72,7 +72,7 @@ def _train(stage: str, args: list[str] | None, out: Path | None, resume: bool, q
     run_dir = out or default_run_dir(stage)
     prepare_run_dir(run_dir, resume, stage)
     if devices is not None and devices > 1:  # the same command again, under torchrun
-        _check_before_launch(cfg, devices)
+        _check_before_launch(cfg, devices, stage)
         launch_on_devices(devices, cfg.run, ["train", stage, *(args or []),
                                              *_flags(run_dir, resume, quiet)])
         return
@@ -146,7 +146,7 @@ def selftrain(
         raise UserError(f"run directory {run_dir} already exists and is not empty",
                         "pass --resume to continue it, or choose another --out")
     if devices is not None and devices > 1:
-        _check_before_launch(cfg, devices)
+        _check_before_launch(cfg, devices, "selftrain")
         extra = ["--init", str(cfg.selftrain.init), "--rounds", str(cfg.selftrain.rounds),
                  *(["--regenerate"] if regenerate else [])]
         launch_on_devices(devices, cfg.run, ["train", "selftrain", *(args or []), *extra,

@@ -223,6 +223,7 @@ class SelftrainConfig(Section):
     threshold: float = Field(0.9, ge=0, le=1)  # only for selection=threshold (an ablation)
     rounds: int = Field(1, ge=1)
     steps: int | None = Field(None, ge=1)  # steps per round; None: train.steps
+    batch_size: int | None = Field(None, ge=1)  # source (and target) images per step; None: train.batch_size
 
 
 class PseudoConfig(Section):
@@ -322,6 +323,13 @@ class Config(Section):
         if stage == "selftrain" and self.selftrain.steps is not None:
             return self.selftrain.steps
         return self.train.steps
+
+    def stage_batch_size(self, stage: str) -> tuple[int, str]:
+        """Global batch of a stage and the key it comes from (``selftrain.batch_size`` or
+        ``train.batch_size``)."""
+        if stage == "selftrain" and self.selftrain.batch_size is not None:
+            return self.selftrain.batch_size, "selftrain.batch_size"
+        return self.train.batch_size, "train.batch_size"
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")

@@ -36,6 +36,8 @@ class SegMetrics:
     miou: float
     pixel_acc: float
     class_names: tuple[str, ...]
+    # a multi-scale / flip test's single-scale result from the same pass (the deployed model's)
+    single_scale: SegMetrics | None = None
 
     def miou_over(self, names: tuple[str, ...]) -> float:
         """Mean IoU over the named classes (NaN ones left out), from this result's IoUs."""
@@ -60,6 +62,9 @@ class SegMetrics:
         out["pixel_acc"] = self.pixel_acc
         out["iou"] = {n: (None if np.isnan(v) else float(v))
                       for n, v in zip(self.class_names, self.iou, strict=True)}
+        if self.single_scale is not None:
+            out["single_scale"] = {k: v for k, v in self.single_scale.as_dict().items()
+                                   if k in ("miou", "miou13", "pixel_acc")}
         return out
 
 

@@ -23,7 +23,7 @@ from diga.config import Config, DomainData
 from diga.data.classes import IGNORE_INDEX, class_protocol
 from diga.data.layouts import LabelDecoder, Sample, find_samples, read_image
 from diga.errors import UserError
-from diga.runtime.preprocess import resize_rgb
+from diga.runtime.preprocess import resize_rgb, scaled_size
 
 
 @dataclass(frozen=True)
@@ -93,8 +93,12 @@ class SegDataset(Dataset):
     """
 
     def __init__(self, domain: DomainData, split: str, num_classes: int, transform: JointTransform,
-                 builtin=None, key: str = "data", with_labels: bool = True) -> None:
+                 builtin=None, key: str = "data", with_labels: bool = True,
+                 view_scales: tuple[float, ...] = ()) -> None:
         self.kind = domain.kind
+        # evaluation only: items carry "views", the image at these scales of its run size, each
+        # resized from the image itself (a 2x view has the detail of the full-size image)
+        self.view_scales = tuple(s for s in view_scales if s != 1.0)
         self.split = split
         self.transform = transform
         self.with_labels = with_labels
@@ -144,8 +148,13 @@ class SegDataset(Dataset):
             label = torch.full(image.shape[-2:], IGNORE_INDEX, dtype=torch.uint8)
         else:
             label = torch.from_numpy(np.ascontiguousarray(label_np))
-        image, label = self.transform(image, label, seed)
-        return {"image": image, "label": label, "index": index}
+        out: dict = {"index": index}
+        if self.view_scales and not self.transform.train:
+            base = self.transform.resize or image_np.shape[:2]
+            out["views"] = {s: torch.from_numpy(np.array(resize_rgb(image_np, scaled_size(base, s))))
+                            .permute(2, 0, 1) for s in self.view_scales}
+        out["image"], out["label"] = self.transform(image, label, seed)
+        return out
 
 
 @functools.lru_cache(maxsize=4096)
@@ -192,12 +201,14 @@ class InfiniteSampler(Sampler):
             pos += self.world_size
 
 
-def build_dataset(cfg: Config, domain: str, split: str, train: bool,
-                  native: bool = False) -> SegDataset:
+def build_dataset(cfg: Config, domain: str, split: str, train: bool, native: bool = False,
+                  scales: tuple[float, ...] | list[float] = ()) -> SegDataset:
     """The source or target dataset of a config; ``train`` selects the random transforms.
 
     ``native`` (with ``train=False``): images at their own size, not the domain's resize, as a
-    camera delivers them to a deployed model (which resizes them itself).
+    camera delivers them to a deployed model (which resizes them itself). ``scales`` (with
+    ``train=False``): a multi-scale test's scales of the resize; items carry the other scales'
+    images as ``views``.
     """
     dom = cfg.data.source if domain == "source" else cfg.data.target
     split_name = dom.train_split if split == "train" else dom.val_split
@@ -212,7 +223,8 @@ def build_dataset(cfg: Config, domain: str, split: str, train: bool,
     spec = BuiltinSpec(seed=b.seed, size=tuple(b.size), source_train=b.source_train,
                        target_train=b.target_train, target_val=b.target_val)
     return SegDataset(dom, split_name if dom.kind != "builtin" else split, cfg.num_classes,
-                      transform, builtin=spec, key=f"data.{domain}")
+                      transform, builtin=spec, key=f"data.{domain}",
+                      view_scales=() if train else tuple(scales))
 
 
 def infinite_loader(dataset: SegDataset, batch_size: int, seed: int, start_step: int,

@@ -128,6 +128,11 @@ def model_input_size(info: ModelInfo, image_size: tuple[int, int],
     return tuple(size)  # type: ignore[return-value]
 
 
+def scaled_size(size: tuple[int, int], scale: float) -> tuple[int, int]:
+    """(H, W) times ``scale``, rounded, at least one pixel: a multi-scale test's view size."""
+    return max(1, round(size[0] * scale)), max(1, round(size[1] * scale))
+
+
 def to_model_size(image: np.ndarray, info: ModelInfo, size: RunSize = TRAINED) -> np.ndarray:
     """An RGB uint8 (H, W, 3) image resized (bilinear) to the size it runs at."""
     return resize_rgb(image, model_input_size(info, image.shape[:2], size))

@@ -139,13 +139,14 @@ def destroy_distributed() -> None:
         dist.destroy_process_group()
 
 
-def check_world(ctx: Distributed, run: RunConfig, global_batch: int, device: torch.device) -> None:
+def check_world(ctx: Distributed, run: RunConfig, global_batch: int, device: torch.device,
+                key: str = "train.batch_size") -> None:
     """Settings that cannot work at this world size, as user errors before any training."""
     if global_batch % ctx.world_size:
-        raise UserError(f"train.batch_size={global_batch} cannot be split over {ctx.world_size} "
+        raise UserError(f"{key}={global_batch} cannot be split over {ctx.world_size} "
                         "processes (it is the global batch)",
                         f"use a multiple of {ctx.world_size}, e.g. "
-                        f"train.batch_size={ctx.world_size * max(1, global_batch // ctx.world_size)}")
+                        f"{key}={ctx.world_size * max(1, global_batch // ctx.world_size)}")
     if ctx.enabled and run.sync_bn and device.type == "cpu":
         raise UserError("run.sync_bn=true needs GPUs: PyTorch's SyncBatchNorm has no CPU kernel",
                         "on the CPU use run.sync_bn=false (per-rank statistics) or model.freeze_bn=true")

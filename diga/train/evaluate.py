@@ -21,25 +21,45 @@ from diga.train.distributed import current
 @torch.no_grad()
 def predict_logits(model: torch.nn.Module, images: torch.Tensor, out_size: tuple[int, int],
                    mean: tuple[float, ...], std: tuple[float, ...],
-                   scales: tuple[float, ...] = (1.0,), flip: bool = False) -> torch.Tensor:
+                   scales: tuple[float, ...] = (1.0,), flip: bool = False,
+                   views: dict[float, torch.Tensor] | None = None,
+                   with_single: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Logits (B, C, H, W) at ``out_size``: max over scales (and flips) of upsampled logits.
 
     Args:
-        images: uint8 (B, 3, h, w) on the model's device.
+        images: uint8 (B, 3, h, w) on the model's device: the scale-1 view (the run size).
+        views: uint8 images at the other scales, each resized from the full image (the
+            dataset's ``views``); a scale without one is resized from ``images``.
+        with_single: also return the scale-1 unflipped logits: what the deployed model,
+            which runs one scale, predicts.
     """
-    x = normalize(images, mean, std)
+    single = None
     fused = None
     for scale in scales:
-        xs = x if scale == 1.0 else F.interpolate(x, scale_factor=scale, mode="bilinear",
-                                                  align_corners=True)
-        views = [xs, xs.flip(-1)] if flip else [xs]
-        for i, view in enumerate(views):
-            logits = model(view).logits
-            if i == 1:
-                logits = logits.flip(-1)
-            logits = F.interpolate(logits, size=out_size, mode="bilinear", align_corners=True)
+        if scale == 1.0:
+            x = normalize(images, mean, std)
+        elif views is not None and scale in views:
+            x = normalize(views[scale].to(images.device), mean, std)
+        else:
+            x = F.interpolate(normalize(images, mean, std), scale_factor=scale, mode="bilinear",
+                              align_corners=True)
+        for flipped in ((False, True) if flip else (False,)):
+            logits = model(x.flip(-1) if flipped else x).logits
+            logits = F.interpolate(logits.flip(-1) if flipped else logits, size=out_size,
+                                   mode="bilinear", align_corners=True)
+            if scale == 1.0 and not flipped:
+                single = logits
             fused = logits if fused is None else torch.maximum(fused, logits)
-    return fused
+    if not with_single:
+        return fused
+    if single is None:
+        single = predict_logits(model, images, out_size, mean, std)
+    return fused, single
+
+
+def _batch_views(batch: dict, device: torch.device) -> dict[float, torch.Tensor] | None:
+    views = batch.get("views")
+    return {float(s): v.to(device, non_blocking=True) for s, v in views.items()} if views else None
 
 
 def evaluate(model: torch.nn.Module, dataset: SegDataset, cfg: Config, device: torch.device,
@@ -48,6 +68,9 @@ def evaluate(model: torch.nn.Module, dataset: SegDataset, cfg: Config, device: t
              max_images: int | None = None) -> SegMetrics:
     """mIoU of ``model`` on a labelled split (target val), from one summed confusion matrix.
 
+    With a multi-scale or flip test (``eval.scales``, ``eval.flip``; build the dataset with
+    ``scales=cfg.eval.scales``) the result's ``single_scale`` holds the single-scale metrics
+    from the same pass: what the deployed model, which runs one scale, gets.
     ``save_predictions`` writes Cityscapes labelId PNGs named after the input images. Under
     torchrun each rank predicts its share of the images and the matrices are summed over
     ranks, so every rank returns the metrics of the whole split. ``model`` must be the plain
@@ -60,15 +83,24 @@ def evaluate(model: torch.nn.Module, dataset: SegDataset, cfg: Config, device: t
     count = min(len(dataset), max_images) if max_images else len(dataset)
     indices = dist.shard(count) if max_images or dist.enabled else None
     loader = eval_loader(dataset, cfg.eval.batch_size, cfg.data.num_workers, indices)
+    scales = tuple(cfg.eval.scales)
+    multi = scales != (1.0,) or cfg.eval.flip
+    missing = [s for s in scales if s != 1.0 and s not in dataset.view_scales]
+    if missing:
+        raise ValueError(f"eval.scales {missing} need the dataset built with scales=eval.scales")
     conf = torch.zeros(cfg.num_classes, cfg.num_classes, dtype=torch.long, device=device)
+    conf_single = torch.zeros_like(conf)
     done, total = 0, len(indices) if indices is not None else len(dataset)
     for batch in loader:
         images = batch["image"].to(device, non_blocking=True)
         labels = batch["label"].to(device, non_blocking=True).long()
-        logits = predict_logits(model, images, tuple(labels.shape[-2:]), cfg.data.mean,
-                                cfg.data.std, tuple(cfg.eval.scales), cfg.eval.flip)
+        logits, single = predict_logits(model, images, tuple(labels.shape[-2:]), cfg.data.mean,
+                                        cfg.data.std, scales, cfg.eval.flip,
+                                        _batch_views(batch, device), with_single=True)
         pred = logits.argmax(1)
         conf += confusion_matrix(pred, labels, cfg.num_classes)
+        if multi:
+            conf_single += confusion_matrix(single.argmax(1), labels, cfg.num_classes)
         if save_predictions is not None:
             _save_label_ids(save_predictions, dataset, batch["index"].tolist(), pred,
                             protocol.train_to_label_id)
@@ -76,7 +108,11 @@ def evaluate(model: torch.nn.Module, dataset: SegDataset, cfg: Config, device: t
         if progress is not None:
             progress(done, total)
     model.train(was_training)
-    return metrics_from_confusion(dist.all_reduce_sum(conf), protocol.names)
+    metrics = metrics_from_confusion(dist.all_reduce_sum(conf), protocol.names)
+    if multi:
+        metrics.single_scale = metrics_from_confusion(dist.all_reduce_sum(conf_single),
+                                                      protocol.names)
+    return metrics
 
 
 def _save_label_ids(out: Path, dataset: SegDataset, indices: list[int], pred: torch.Tensor,
@@ -98,14 +134,16 @@ class TorchSegmenter:
     any size in, train-id labels at its size out, run at the trained scale.
 
     The image is resized with the runtime's own function to the size the model was trained and
-    evaluated at (``Config.inference_size``), then predicted as ``diga eval`` predicts
-    (``eval.scales``, ``eval.flip``, logits upsampled to the output size before the argmax).
+    evaluated at (``Config.inference_size``), then predicted as ``diga eval`` predicts (logits
+    upsampled to the output size before the argmax).
 
     Args:
         size: ``trained`` (default), ``native`` (the image's own size) or an (H, W).
+        scales, flip: the test; default one scale, no flip, as the exported model runs.
     """
 
-    def __init__(self, path: Path, device: torch.device | str = "cpu", size: Any = "trained") -> None:
+    def __init__(self, path: Path, device: torch.device | str = "cpu", size: Any = "trained",
+                 scales: tuple[float, ...] = (1.0,), flip: bool = False) -> None:
         from diga.checkpoint import load_model
         from diga.runtime import ModelInfo
         from diga.runtime.preprocess import check_run_size
@@ -116,14 +154,20 @@ class TorchSegmenter:
         self.info = ModelInfo(protocol.names, protocol.palette, tuple(self.cfg.data.mean),
                               tuple(self.cfg.data.std), inference_size=self.cfg.inference_size)
         self.size = check_run_size(self.info, size, str(path))
+        self.scales, self.flip = tuple(scales), flip
 
     @torch.no_grad()
     def __call__(self, image: np.ndarray, out_size: tuple[int, int] | None = None) -> np.ndarray:
         """RGB uint8 (H, W, 3) -> uint8 (H, W) train ids (or at ``out_size``)."""
-        from diga.runtime.preprocess import to_model_size
+        from diga.runtime.preprocess import model_input_size, resize_rgb, scaled_size
 
-        resized = to_model_size(image, self.info, self.size)  # (h, w, 3) at the run size
-        x = torch.from_numpy(np.array(resized)).permute(2, 0, 1)[None].to(self.device)
-        logits = predict_logits(self.model, x, tuple(out_size or image.shape[:2]), self.cfg.data.mean,
-                                self.cfg.data.std, tuple(self.cfg.eval.scales), self.cfg.eval.flip)
+        def tensor(scale: float) -> torch.Tensor:  # (1, 3, h, w) at the run size times scale
+            hwc = resize_rgb(image, scaled_size(run, scale))
+            return torch.from_numpy(np.array(hwc)).permute(2, 0, 1)[None].to(self.device)
+
+        run = model_input_size(self.info, image.shape[:2], self.size)
+        views = {s: tensor(s) for s in self.scales if s != 1.0}
+        logits = predict_logits(self.model, tensor(1.0), tuple(out_size or image.shape[:2]),
+                                self.cfg.data.mean, self.cfg.data.std, self.scales, self.flip,
+                                views)
         return logits.argmax(1)[0].to(torch.uint8).cpu().numpy()

@@ -101,7 +101,8 @@ def train_stage(cfg: Config, stage: str, run_dir: Path, resume: bool = False,
         raise ValueError(f"unknown stage {stage!r}")
     check_data_paths(cfg, source=True, target=True)
     dist, device = init_distributed(cfg.run)  # one process: rank 0 of 1, select_device
-    check_world(dist, cfg.run, cfg.train.batch_size, device)
+    global_batch, batch_key = cfg.stage_batch_size(stage)
+    check_world(dist, cfg.run, global_batch, device, batch_key)
     seed_everything(cfg.run.seed)  # the same on every rank: identical initial weights
     run_dir = Path(run_dir)
     protocol = class_protocol(cfg.num_classes)
@@ -109,11 +110,12 @@ def train_stage(cfg: Config, stage: str, run_dir: Path, resume: bool = False,
     wcfg, scfg = cfg.warmup, cfg.selftrain
     use_kd = stage == "selftrain" or (stage == "warmup" and wcfg.symkd)
     use_mixture = use_kd and wcfg.mixture
-    steps, batch = cfg.stage_steps(stage), cfg.train.batch_size // dist.world_size  # per-rank batch
+    steps, batch = cfg.stage_steps(stage), global_batch // dist.world_size  # per-rank batch
 
     # ---- data: a source stream; target images when a translator or self-training needs them
     source = build_dataset(cfg, "source", "train", train=True)
-    target_val = build_dataset(cfg, "target", "val", train=False)  # reporting only
+    target_val = build_dataset(cfg, "target", "val", train=False,  # reporting only
+                               scales=cfg.eval.scales)
     needs_target = stage == "selftrain" or (use_mixture and wcfg.translator == "fda")
     if stage == "selftrain":
         from diga.data.pseudo_labels import PseudoLabelDataset
@@ -339,8 +341,8 @@ def train_stage(cfg: Config, stage: str, run_dir: Path, resume: bool = False,
 def _val_metrics(metrics: SegMetrics, brief: bool = False) -> dict[str, Any]:
     """Target-val metrics as logged: mIoU (and SYNTHIA's 13-class mIoU), pixel accuracy, IoUs."""
     out = {f"target_val_{k}": v for k, v in metrics.as_dict().items()}
-    return {k: v for k, v in out.items() if k in ("target_val_miou", "target_val_miou13")} \
-        if brief else out
+    brief_keys = ("target_val_miou", "target_val_miou13", "target_val_single_scale")
+    return {k: v for k, v in out.items() if k in brief_keys} if brief else out
 
 
 def _pseudo_stats(p_raw: torch.Tensor, p_sel: torch.Tensor, truth: torch.Tensor,

@@ -32,13 +32,13 @@ from diga.errors import UserError
 from diga.io import atomic_write, atomic_write_json
 from diga.method import CentroidAccumulator
 from diga.train.distributed import current
-from diga.train.evaluate import predict_logits
+from diga.train.evaluate import _batch_views, predict_logits
 
 CENTROIDS_FILE = "centroids.safetensors"
 
 
-def _target_train(cfg: Config) -> SegDataset:
-    return build_dataset(cfg, "target", "train", train=False)
+def _target_train(cfg: Config, scales: tuple[float, ...] = ()) -> SegDataset:
+    return build_dataset(cfg, "target", "train", train=False, scales=scales)
 
 
 @torch.no_grad()
@@ -55,7 +55,7 @@ def make_pseudo_labels(model: torch.nn.Module, cfg: Config, ckpt: Checkpoint, ou
     unfinished one. ``progress`` counts this rank's images.
     """
     dist = current()
-    dataset = _target_train(cfg)
+    dataset = _target_train(cfg, tuple(cfg.pseudo.scales))
     model.eval()
     indices = dist.shard(len(dataset)) if dist.enabled else None
     loader = eval_loader(dataset, cfg.pseudo.batch_size, cfg.data.num_workers, indices)
@@ -66,8 +66,8 @@ def make_pseudo_labels(model: torch.nn.Module, cfg: Config, ckpt: Checkpoint, ou
     for batch in loader:
         images = batch["image"].to(device)  # (B, 3, h, w) at the target resize
         raw_size = tuple(batch["label"].shape[-2:])  # each image's own size (labels keep it)
-        logits = predict_logits(model, images, raw_size, cfg.data.mean,
-                                cfg.data.std, tuple(cfg.pseudo.scales))
+        logits = predict_logits(model, images, raw_size, cfg.data.mean, cfg.data.std,
+                                tuple(cfg.pseudo.scales), views=_batch_views(batch, device))
         labels = logits.argmax(1).to(torch.uint8).cpu().numpy()  # (B, H, W) train ids
         for index, label in zip(batch["index"].tolist(), labels, strict=True):
             write_pseudo_label(pseudo_label_path(out, dataset.samples[index].name), label)
