@@ -20,7 +20,6 @@ import numpy as np
 import torch
 
 from diga.benchmarks.discovery import TargetSet
-from diga.checkpoint import load_model
 from diga.config import Config
 from diga.device import select_device
 from diga.runtime import Segmenter, model_input_size, prepare_batch, to_model_size

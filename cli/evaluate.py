@@ -67,9 +67,11 @@ def eval_command(
     result = {"model": str(ckpt.folder), "stage": ckpt.meta.get("stage"), "step": ckpt.step,
               "weights": "teacher" if teacher else "student", "images": len(dataset),
               "protocol": protocol, **metrics.as_dict()}
-    test = (f"scales {', '.join(f'{s:g}' for s in cfg.eval.scales)} of {protocol['run_size']}"
-            f"{', flip' if cfg.eval.flip else ''}")
-    _print(result, f"target val: {cfg.data.target.kind} ({len(dataset)} images), {test}")
+    _print(result, f"target val: {cfg.data.target.kind} ({len(dataset)} images)")
+    views = " + ".join(f"{s:g}x" for s in cfg.eval.scales)
+    console.print(f"test: {views} of {protocol['run_size']}{', flipped too' if cfg.eval.flip else ''}"
+                  + ("; single scale: 1x, as the exported model runs" if "single_scale" in result
+                     else ""), highlight=False)
     if json_path is not None:
         atomic_write_json(json_path, result)
     if save_predictions is not None:

@@ -86,10 +86,11 @@ def export_command(
         logging.getLogger("diga.export").removeHandler(handler)
 
     info = summary.info
-    shape = "dynamic" if info.dynamic else "static"
-    title = (f"{summary.out_dir}  ({summary.exporter} exporter, opset {summary.opset}, {shape} "
-             f"{info.input_size[0]}x{info.input_size[1]}, in {info.input_kind} {info.layout}, "
-             f"out {info.output_kind})")
+    shape = "dynamic" if info.dynamic else f"static {info.input_size[0]}x{info.input_size[1]}"
+    runs = (f"runs images at {info.inference_size[0]}x{info.inference_size[1]}"
+            if info.inference_size else "runs images at their own size")
+    title = (f"{summary.out_dir}  ({summary.exporter} exporter, opset {summary.opset}, {shape}, "
+             f"{runs}, in {info.input_kind} {info.layout}, out {info.output_kind})")
     table = Table(title=escape(title))
     table.add_column("file", no_wrap=True)
     for col in ("precision", "size", "agree %", "max |Δ|", "mIoU", "ms/img"):

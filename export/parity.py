@@ -20,8 +20,8 @@ import torch
 from diga.config import Config
 from diga.data.classes import class_protocol
 from diga.data.datasets import build_dataset
-from diga.metrics import confusion_matrix, metrics_from_confusion
 from diga.errors import UserError
+from diga.metrics import confusion_matrix, metrics_from_confusion
 from diga.runtime import Segmenter
 from diga.runtime.preprocess import TRAINED, RunSize
 

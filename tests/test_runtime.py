@@ -245,3 +245,82 @@ def test_cuda_provider_matches_cpu(model_and_onnx, seg):
         assert gpu.provider == "CUDAExecutionProvider"
         rgb = np.random.default_rng(4).integers(0, 256, (64, 128, 3), dtype=np.uint8)
         assert (gpu(rgb) == seg(rgb)).mean() > 0.999
+
+
+def _with_props(path: Path, out: Path, **changes: str | None) -> Path:
+    """A copy of an ONNX with some metadata props changed (None: removed)."""
+    proto = onnx.load(str(path))
+    props = {p.key: p.value for p in proto.metadata_props}
+    for key, value in changes.items():
+        if value is None:
+            props.pop(key, None)
+        else:
+            props[key] = value
+    del proto.metadata_props[:]
+    for key, value in props.items():
+        proto.metadata_props.add(key=key, value=value)
+    onnx.save(proto, str(out))
+    return out
+
+
+def test_images_run_at_the_trained_scale_and_come_back_at_their_size(tmp_path, model_and_onnx):
+    """A model trained at 32x64 runs a 64x128 frame at 32x64: the labels equal those of the
+    frame resized to 32x64 by hand, brought back to 64x128; native runs it at 64x128."""
+    model, path = model_and_onnx
+    trained = _with_props(path, tmp_path / "trained.onnx", inference_size="32x64")
+    frame = np.random.default_rng(5).integers(0, 256, (64, 128, 3), dtype=np.uint8)
+    with Segmenter(trained, backend="cpu") as seg, Segmenter(path, backend="cpu") as native_seg:
+        assert seg.info.inference_size == (32, 64) and native_seg.info.inference_size is None
+        assert seg.run_size((64, 128)) == (32, 64) and seg.run_size((10, 10)) == (32, 64)
+        small = np.asarray(Image.fromarray(frame).resize((64, 32), Image.Resampling.BILINEAR))
+        logits = native_seg.run(native_seg.prepare([small])[0])[0]  # (C, 32, 64)
+        expected = np.stack([np.asarray(Image.fromarray(c).resize((128, 64), Image.Resampling.BILINEAR))
+                             for c in logits]).argmax(0)
+        assert np.array_equal(seg(frame), expected)
+        assert "runs at the trained 32x64" in seg.describe()
+    with Segmenter(trained, backend="cpu", size="native") as seg:
+        assert seg.run_size((64, 128)) == (64, 128)
+        assert np.array_equal(seg(frame), native_seg_labels(path, frame))
+    with Segmenter(trained, backend="cpu", size=(16, 32)) as seg:
+        assert seg.run_size((64, 128)) == (16, 32) and seg(frame).shape == (64, 128)
+    with pytest.raises(UserError, match="unknown run size 'half'"):
+        Segmenter(trained, size="half")
+
+
+def native_seg_labels(path: Path, frame: np.ndarray) -> np.ndarray:
+    with Segmenter(path, backend="cpu") as seg:
+        return seg(frame)
+
+
+def test_older_export_without_inference_size_warns_and_runs_native(tmp_path, model_and_onnx):
+    """diga 0.1 exports record no inference size: documented fallback, each image at its own
+    size, with a warning that says how to fix it (and the CLI prints it as one line)."""
+    from typer.testing import CliRunner
+
+    from diga.cli.app import app
+    from diga.runtime import ScaleWarning
+
+    old = _with_props(model_and_onnx[1], tmp_path / "old.onnx", inference_size=None,
+                      output_resize=None)
+    frame = np.random.default_rng(6).integers(0, 256, (40, 60, 3), dtype=np.uint8)
+    with pytest.warns(ScaleWarning, match="records no inference size .*export it again"):
+        seg = Segmenter(old, backend="cpu")
+    with seg:
+        assert not seg.info.scale_recorded and seg.run_size((40, 60)) == (40, 60)
+        assert np.array_equal(seg(frame), native_seg_labels(model_and_onnx[1], frame))
+        assert "inference_size" not in seg.info.to_props()  # read back as it was written
+    Image.fromarray(frame).save(tmp_path / "f.png")
+    result = CliRunner().invoke(app, ["predict", str(old), str(tmp_path / "f.png"),
+                                      "--out", str(tmp_path / "p")])
+    assert result.exit_code == 0, result.output
+    warning = [line for line in result.output.splitlines() if line.startswith("warning:")]
+    assert len(warning) == 1 and "records no inference size" in warning[0]
+
+
+def test_static_model_runs_only_at_its_size(tmp_path, model_and_onnx):
+    static = _with_props(model_and_onnx[1], tmp_path / "static.onnx", dynamic="false",
+                         input_size="64x128", inference_size="64x128")
+    with pytest.raises(UserError, match="static model: it runs only at 64x128"):
+        Segmenter(static, size="native")
+    with Segmenter(static, backend="cpu", size=(64, 128)) as seg:
+        assert seg.run_size((10, 20)) == (64, 128)

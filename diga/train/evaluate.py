@@ -171,3 +171,6 @@ class TorchSegmenter:
                                 self.cfg.data.mean, self.cfg.data.std, self.scales, self.flip,
                                 views)
         return logits.argmax(1)[0].to(torch.uint8).cpu().numpy()
+
+    def close(self) -> None:
+        self.model = None  # type: ignore[assignment]

@@ -34,6 +34,7 @@ from diga.method import (
     threshold_pseudo_labels,
     update_centroids,
 )
+from diga.metrics import SegMetrics
 from diga.models import build_model
 from diga.train.distributed import (
     check_world,
@@ -43,7 +44,6 @@ from diga.train.distributed import (
     rng_state,
     seed_rank_streams,
 )
-from diga.metrics import SegMetrics
 from diga.train.evaluate import evaluate
 from diga.train.optim import build_optimizer, poly_lr, set_lr
 from diga.train.progress import StepProgress
