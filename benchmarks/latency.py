@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -51,6 +52,7 @@ from diga.data.classes import class_protocol
 from diga.errors import UserError
 from diga.export.formats import BACKENDS, ExportFormat
 from diga.metrics import confusion_matrix, metrics_from_confusion
+from diga.runtime import SegmenterWarning
 from diga.runtime.preprocess import TRAINED, resize_rgb
 
 Say = Callable[[str], None]
@@ -136,10 +138,14 @@ def measure_row(entry: ModelEntry, backend: str, ctx: BenchContext,
     # onnxruntime / TensorRT allocate outside torch: the device's used memory before and after
     gpu_before = _gpu_used_mb() if BACKENDS[backend].needs_gpu else None
     try:
-        runner: TorchRunner | RuntimeRunner = (
-            TorchRunner(entry.path, entry.cfg, compiled) if backend == "torch"
-            else RuntimeRunner(entry.path, BACKENDS[backend].runtime,
-                               entry.cfg.bench.input_size or TRAINED))
+        with warnings.catch_warnings(record=True) as caught:  # e.g. no inference size recorded
+            warnings.simplefilter("always", SegmenterWarning)
+            runner: TorchRunner | RuntimeRunner = (
+                TorchRunner(entry.path, entry.cfg, compiled) if backend == "torch"
+                else RuntimeRunner(entry.path, BACKENDS[backend].runtime,
+                                   entry.cfg.bench.input_size or TRAINED))
+        row["notes"].extend(str(w.message) for w in caught
+                            if issubclass(w.category, SegmenterWarning))
     except UserError as exc:  # no GPU, no TensorRT, no such provider, run.device=cuda on a CPU
         row["status"] = f"unavailable: {exc}"
         return row

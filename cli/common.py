@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
 
@@ -83,3 +85,21 @@ def print_error(exc: Exception) -> None:
     from rich.markup import escape
 
     err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+
+
+@contextlib.contextmanager
+def runtime_warnings() -> Iterator[None]:
+    """The runtime's warnings (an older file without inference size, a GPU fallback) as lines."""
+    import warnings
+
+    from rich.markup import escape
+
+    from diga.runtime import SegmenterWarning
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", SegmenterWarning)
+        yield
+    for w in caught:
+        if issubclass(w.category, SegmenterWarning):
+            err_console.print(f"[yellow]warning:[/] {escape(str(w.message))}", highlight=False,
+                              soft_wrap=True)

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.table import Table
 
-from diga.cli.common import Overrides, console
+from diga.cli.common import Overrides, console, runtime_warnings
 
 
 def eval_command(
@@ -116,7 +114,7 @@ def _evaluate_file(path: Path, overrides: list[str], json_path: Path | None,
         raise UserError(f"the target val split at {cfg.data.target.root} has no labels",
                         "evaluation needs gtFine labelIds (Cityscapes) or labels/ (folder)")
     backend = "cpu" if cfg.run.device == "cpu" else "auto"
-    with _runtime_warnings(), Progress(console=console, transient=True) as bar:
+    with runtime_warnings(), Progress(console=console, transient=True) as bar:
         task = bar.add_task("evaluating", total=len(images))
         result = evaluate_model_file(path, images, cfg.num_classes, backend,
                                      "native" if native_size else "trained",
@@ -125,22 +123,3 @@ def _evaluate_file(path: Path, overrides: list[str], json_path: Path | None,
     _print(result, f"target val: {cfg.data.target.kind} ({len(images)} images), {result['backend']}")
     if json_path is not None:
         atomic_write_json(json_path, result)
-
-
-@contextlib.contextmanager
-def _runtime_warnings() -> Iterator[None]:
-    """The runtime's warnings (an older file without inference size, a GPU fallback) as lines."""
-    import warnings
-
-    from rich.markup import escape
-
-    from diga.cli.common import err_console
-    from diga.runtime import SegmenterWarning
-
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", SegmenterWarning)
-        yield
-    for w in caught:
-        if issubclass(w.category, SegmenterWarning):
-            err_console.print(f"[yellow]warning:[/] {escape(str(w.message))}", highlight=False,
-                              soft_wrap=True)

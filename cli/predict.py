@@ -10,7 +10,7 @@ import typer
 from PIL import Image, UnidentifiedImageError
 from rich.markup import escape
 
-from diga.cli.common import console, err_console
+from diga.cli.common import console, err_console, runtime_warnings
 from diga.errors import UserError
 from diga.runtime.preprocess import RunSize
 
@@ -144,9 +144,7 @@ def predict_command(
 
     Example: diga predict runs/x/export/model.onnx street.jpg frames/ --out preds
     """
-    import warnings
-
-    from diga.runtime import SegmenterWarning, check_backend, colorize, overlay
+    from diga.runtime import check_backend, colorize, overlay
 
     check_backend(backend)
     images, notes = collect_inputs(inputs)
@@ -159,13 +157,9 @@ def predict_command(
         raise UserError(f"output path {out} is a file", "choose a folder with --out")
     for path, _ in images:
         check_image(path)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", SegmenterWarning)
+    with runtime_warnings():  # e.g. a GPU fallback, or a file without an inference size
         predictor, palette, label = _load_predictor(model, backend,
                                                     "native" if native_size else "trained")
-    for w in caught:
-        if issubclass(w.category, SegmenterWarning):
-            err_console.print(f"[yellow]warning:[/] {escape(str(w.message))}", highlight=False, soft_wrap=True)
     console.print(f"model: {label}", highlight=False)
 
     from rich.progress import Progress

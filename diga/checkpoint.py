@@ -108,7 +108,8 @@ class Checkpoint:
             self.meta: dict[str, Any] = json.loads((self.folder / META_FILE).read_text())
         except (json.JSONDecodeError, UnicodeDecodeError):
             raise UserError(f"checkpoint metadata {self.folder / META_FILE} is corrupt",
-                            "use another checkpoint (checkpoints/last or checkpoints/best)") from None
+                            "restore the checkpoint folder from a copy, or train the run again "
+                            "into a new --out") from None
 
     @property
     def step(self) -> int:
@@ -147,12 +148,14 @@ class Checkpoint:
     def state(self) -> dict[str, Any]:
         path = self.folder / STATE_FILE
         if not path.exists():
-            raise UserError(f"checkpoint {self.folder} has no training state", "it cannot be resumed")
+            raise UserError(f"checkpoint {self.folder} has no training state ({STATE_FILE}), so it "
+                            "cannot be resumed", "start a new run without --resume (another --out)")
         try:
             return torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:
-            raise UserError(f"cannot read training state {path} ({type(exc).__name__})",
-                            "the file is corrupt; resume from another checkpoint") from None
+            raise UserError(f"cannot read training state {path} ({type(exc).__name__}): the file is "
+                            "corrupt", "start a new run without --resume (another --out); the "
+                            "weights still load for eval and export") from None
 
 
 def resolve_checkpoint(path: Path, prefer: str = "last") -> Checkpoint:

@@ -129,7 +129,7 @@ def evaluate_model_file(path: Path, images: Sequence[TargetImage], num_classes: 
     with Segmenter(path, backend=backend, size=size) as seg:
         if seg.info.num_classes != num_classes:
             raise UserError(f"{path} predicts {seg.info.num_classes} classes, the data has "
-                            f"{num_classes}", "set data.classes to the model's protocol")
+                            f"{num_classes}", f"set data.classes={seg.info.num_classes}")
         start = time.perf_counter()
         for done, item in enumerate(images, start=1):
             pred = seg(item.image, out_size=item.label.shape)

@@ -57,7 +57,8 @@ def predict_logits(model: torch.nn.Module, images: torch.Tensor, out_size: tuple
     return fused, single
 
 
-def _batch_views(batch: dict, device: torch.device) -> dict[float, torch.Tensor] | None:
+def batch_views(batch: dict, device: torch.device) -> dict[float, torch.Tensor] | None:
+    """A loader batch's multi-scale ``views`` (see ``build_dataset(scales=...)``) on ``device``."""
     views = batch.get("views")
     return {float(s): v.to(device, non_blocking=True) for s, v in views.items()} if views else None
 
@@ -96,7 +97,7 @@ def evaluate(model: torch.nn.Module, dataset: SegDataset, cfg: Config, device: t
         labels = batch["label"].to(device, non_blocking=True).long()
         logits, single = predict_logits(model, images, tuple(labels.shape[-2:]), cfg.data.mean,
                                         cfg.data.std, scales, cfg.eval.flip,
-                                        _batch_views(batch, device), with_single=True)
+                                        batch_views(batch, device), with_single=True)
         pred = logits.argmax(1)
         conf += confusion_matrix(pred, labels, cfg.num_classes)
         if multi:

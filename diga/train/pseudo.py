@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from diga.checkpoint import Checkpoint
 from diga.config import Config
@@ -32,7 +32,7 @@ from diga.errors import UserError
 from diga.io import atomic_write, atomic_write_json
 from diga.method import CentroidAccumulator
 from diga.train.distributed import current
-from diga.train.evaluate import _batch_views, predict_logits
+from diga.train.evaluate import batch_views, predict_logits
 
 CENTROIDS_FILE = "centroids.safetensors"
 
@@ -67,7 +67,7 @@ def make_pseudo_labels(model: torch.nn.Module, cfg: Config, ckpt: Checkpoint, ou
         images = batch["image"].to(device)  # (B, 3, h, w) at the target resize
         raw_size = tuple(batch["label"].shape[-2:])  # each image's own size (labels keep it)
         logits = predict_logits(model, images, raw_size, cfg.data.mean, cfg.data.std,
-                                tuple(cfg.pseudo.scales), views=_batch_views(batch, device))
+                                tuple(cfg.pseudo.scales), views=batch_views(batch, device))
         labels = logits.argmax(1).to(torch.uint8).cpu().numpy()  # (B, H, W) train ids
         for index, label in zip(batch["index"].tolist(), labels, strict=True):
             write_pseudo_label(pseudo_label_path(out, dataset.samples[index].name), label)
@@ -137,7 +137,7 @@ def load_centroids(path: Path, num_classes: int, feat_dim: int,
     try:
         with safe_open(str(path), "pt") as fh:
             metadata = fh.metadata() or {}
-        centroids = load_file(str(path))["centroids"]
+            centroids = fh.get_tensor("centroids")
     except Exception:
         raise StaleInputError(f"centroids file {path} is corrupt or not a centroids file",
                               f"delete {path}; self-training makes it again") from None
