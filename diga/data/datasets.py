@@ -23,7 +23,7 @@ from diga.config import Config, DomainData
 from diga.data.classes import IGNORE_INDEX, class_protocol
 from diga.data.layouts import LabelDecoder, Sample, find_samples, read_image
 from diga.errors import UserError
-from diga.runtime.preprocess import resize_rgb, scaled_size
+from diga.runtime.preprocess import resize_rgb, scale_views
 
 
 @dataclass(frozen=True)
@@ -150,9 +150,10 @@ class SegDataset(Dataset):
             label = torch.from_numpy(np.ascontiguousarray(label_np))
         out: dict = {"index": index}
         if self.view_scales and not self.transform.train:
-            base = self.transform.resize or image_np.shape[:2]
-            out["views"] = {s: torch.from_numpy(np.array(resize_rgb(image_np, scaled_size(base, s))))
-                            .permute(2, 0, 1) for s in self.view_scales}
+            views = scale_views(image_np, self.transform.resize or image_np.shape[:2],
+                                self.view_scales)
+            out["views"] = {s: torch.from_numpy(np.array(v)).permute(2, 0, 1)
+                            for s, v in views.items()}
         out["image"], out["label"] = self.transform(image, label, seed)
         return out
 

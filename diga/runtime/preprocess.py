@@ -133,6 +133,13 @@ def scaled_size(size: tuple[int, int], scale: float) -> tuple[int, int]:
     return max(1, round(size[0] * scale)), max(1, round(size[1] * scale))
 
 
+def scale_views(image: np.ndarray, base: tuple[int, int],
+                scales: Sequence[float]) -> dict[float, np.ndarray]:
+    """A multi-scale test's views of an RGB uint8 (H, W, 3) image: each scale of ``base`` (the
+    run size), resized from the image itself, so a 2x view keeps the full image's detail."""
+    return {s: resize_rgb(image, scaled_size(base, s)) for s in scales}
+
+
 def to_model_size(image: np.ndarray, info: ModelInfo, size: RunSize = TRAINED) -> np.ndarray:
     """An RGB uint8 (H, W, 3) image resized (bilinear) to the size it runs at."""
     return resize_rgb(image, model_input_size(info, image.shape[:2], size))

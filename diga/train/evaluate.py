@@ -29,7 +29,7 @@ def predict_logits(model: torch.nn.Module, images: torch.Tensor, out_size: tuple
     Args:
         images: uint8 (B, 3, h, w) on the model's device: the scale-1 view (the run size).
         views: uint8 images at the other scales, each resized from the full image (the
-            dataset's ``views``); a scale without one is resized from ``images``.
+            dataset's ``views``, ``scale_views``); required for every scale but 1.
         with_single: also return the scale-1 unflipped logits: what the deployed model,
             which runs one scale, predicts.
     """
@@ -41,8 +41,7 @@ def predict_logits(model: torch.nn.Module, images: torch.Tensor, out_size: tuple
         elif views is not None and scale in views:
             x = normalize(views[scale].to(images.device), mean, std)
         else:
-            x = F.interpolate(normalize(images, mean, std), scale_factor=scale, mode="bilinear",
-                              align_corners=True)
+            raise ValueError(f"scale {scale} needs its view (build the dataset with scales=...)")
         for flipped in ((False, True) if flip else (False,)):
             logits = model(x.flip(-1) if flipped else x).logits
             logits = F.interpolate(logits.flip(-1) if flipped else logits, size=out_size,
@@ -86,9 +85,6 @@ def evaluate(model: torch.nn.Module, dataset: SegDataset, cfg: Config, device: t
     loader = eval_loader(dataset, cfg.eval.batch_size, cfg.data.num_workers, indices)
     scales = tuple(cfg.eval.scales)
     multi = scales != (1.0,) or cfg.eval.flip
-    missing = [s for s in scales if s != 1.0 and s not in dataset.view_scales]
-    if missing:
-        raise ValueError(f"eval.scales {missing} need the dataset built with scales=eval.scales")
     conf = torch.zeros(cfg.num_classes, cfg.num_classes, dtype=torch.long, device=device)
     conf_single = torch.zeros_like(conf)
     done, total = 0, len(indices) if indices is not None else len(dataset)
@@ -160,15 +156,12 @@ class TorchSegmenter:
     @torch.no_grad()
     def __call__(self, image: np.ndarray, out_size: tuple[int, int] | None = None) -> np.ndarray:
         """RGB uint8 (H, W, 3) -> uint8 (H, W) train ids (or at ``out_size``)."""
-        from diga.runtime.preprocess import model_input_size, resize_rgb, scaled_size
-
-        def tensor(scale: float) -> torch.Tensor:  # (1, 3, h, w) at the run size times scale
-            hwc = resize_rgb(image, scaled_size(run, scale))
-            return torch.from_numpy(np.array(hwc)).permute(2, 0, 1)[None].to(self.device)
+        from diga.runtime.preprocess import model_input_size, scale_views
 
         run = model_input_size(self.info, image.shape[:2], self.size)
-        views = {s: tensor(s) for s in self.scales if s != 1.0}
-        logits = predict_logits(self.model, tensor(1.0), tuple(out_size or image.shape[:2]),
+        views = {s: torch.from_numpy(np.array(v)).permute(2, 0, 1)[None].to(self.device)
+                 for s, v in scale_views(image, run, {1.0, *self.scales}).items()}  # (1, 3, h, w)
+        logits = predict_logits(self.model, views.pop(1.0), tuple(out_size or image.shape[:2]),
                                 self.cfg.data.mean, self.cfg.data.std, self.scales, self.flip,
                                 views)
         return logits.argmax(1)[0].to(torch.uint8).cpu().numpy()
