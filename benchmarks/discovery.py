@@ -23,6 +23,7 @@ from diga.config import Config
 from diga.data.datasets import build_dataset
 from diga.errors import UserError
 from diga.export.formats import BACKENDS, FORMATS, ExportFormat, format_of_file
+from diga.protocols import label_protocol
 
 MODEL_SUFFIXES = (".onnx", ".engine")
 
@@ -132,7 +133,11 @@ class TargetSet:
     """
 
     def __init__(self, cfg: Config, cache_bytes: int = 512 * 2**20) -> None:
-        self.dataset = build_dataset(cfg, "target", "val", train=False, native=True)
+        # labels in the finest protocol the layout holds: each model is scored by class name
+        self.protocol = label_protocol(cfg.data.target.kind, cfg.num_classes)
+        self.data_classes = cfg.num_classes
+        self.dataset = build_dataset(cfg, "target", "val", train=False, native=True,
+                                     classes=self.protocol.num_classes)
         limit = cfg.bench.max_images
         self.count = len(self.dataset) if limit is None else min(limit, len(self.dataset))
         self.has_labels = self.dataset.has_labels

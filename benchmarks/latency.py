@@ -48,10 +48,9 @@ from diga.benchmarks.runners import (
     time_loop,
 )
 from diga.config import Config, load_config
-from diga.data.classes import class_protocol
 from diga.errors import UserError
 from diga.export.formats import BACKENDS, ExportFormat
-from diga.metrics import confusion_matrix, metrics_from_confusion
+from diga.protocols import plan_scoring
 from diga.runtime import SegmenterWarning
 from diga.runtime.preprocess import TRAINED, resize_rgb
 
@@ -120,7 +119,7 @@ def new_row(model: str, backend: str, fmt: ExportFormat | None, status: str) -> 
         "rss_increase_mb": None,
         "gpu_memory_mb": None, "flops_per_image": None, "gflops_per_s": None,
         "peak_fraction": None, "latency_vs_torch": None, "images": None, "miou": None,
-        "miou13": None,
+        "miou13": None, "classes": None, "mapped_from": None,
         "pixel_acc": None, "pixel_agreement": None, "reference": None, "notes": [],
     }
 
@@ -214,18 +213,23 @@ def _measure_accuracy(runner: TorchRunner | RuntimeRunner, entry: ModelEntry,
     target = ctx.target_set(cfg)
     preds = runner.predict(target)
     row["images"] = len(preds)
-    if runner.info.num_classes != cfg.num_classes:
-        row["notes"].append(f"the model has {runner.info.num_classes} classes, the data config "
-                            f"{cfg.num_classes}: no mIoU (set data.classes)")
-    elif not target.has_labels:
+    try:
+        scoring = plan_scoring(runner.info.class_names, target.protocol, (), cfg.num_classes,
+                               "the model")
+    except UserError as exc:  # the row's latency stands; only its mIoU cannot be measured
+        scoring = None
+        row["notes"].append(f"no mIoU: {exc}")
+    if scoring is not None and not target.has_labels:
         row["notes"].append("target val has no labels: no mIoU")
-    else:
-        conf = np.zeros((cfg.num_classes, cfg.num_classes), np.int64)
+    elif scoring is not None:
+        row["notes"] += list(scoring.notes)
+        conf = np.zeros((scoring.size, scoring.size), np.int64)
         for i, pred in enumerate(preds):
             label = target.item(i)[1].numpy()
-            conf += confusion_matrix(pred.astype(np.int64), label.astype(np.int64), cfg.num_classes)
-        metrics = metrics_from_confusion(conf, class_protocol(cfg.num_classes).names)
+            conf += scoring.confusion(pred.astype(np.int64), label.astype(np.int64))
+        metrics = scoring.metrics(conf)
         row["miou"], row["pixel_acc"] = metrics.miou, metrics.pixel_acc
+        row["classes"], row["mapped_from"] = metrics.num_classes, metrics.mapped_from
         row["miou13"] = metrics.miou13  # SYNTHIA's 16 classes: the 13-class mIoU too
     if entry.reference is None:
         row["notes"].append("no PyTorch checkpoint found for this file: no pixel agreement")

@@ -34,7 +34,6 @@ class TorchPredictor:
                             "use --backend cpu (or auto)")
         device = torch.device("cuda" if backend != "cpu" and torch.cuda.is_available() else "cpu")
         self.segmenter = TorchSegmenter(path, device, size)
-        self.palette = self.segmenter.info.palette
         cfg, ckpt = self.segmenter.cfg, self.segmenter.checkpoint
         trained = cfg.inference_size
         runs = ("each image's own size" if size == "native" or not trained else
@@ -46,15 +45,42 @@ class TorchPredictor:
         return self.segmenter(image)
 
 
-def _load_predictor(model: Path, backend: str, size: RunSize) -> tuple[Any, np.ndarray, str]:
-    """(callable image -> labels, palette, one line saying what runs where)."""
+def _load_predictor(model: Path, backend: str, size: RunSize) -> tuple[Any, Any, str]:
+    """(callable image -> labels, its ``ModelInfo``, one line saying what runs where)."""
     from diga.runtime import Segmenter
 
     if model.suffix.lower() in (".onnx", ".engine", ".plan", ".trt"):
         seg = Segmenter(model, backend, size)
-        return seg, seg.info.palette, seg.describe()
+        return seg, seg.info, seg.describe()
     torch_seg = TorchPredictor(model, backend, size)
-    return torch_seg, torch_seg.palette, torch_seg.label
+    return torch_seg, torch_seg.segmenter.info, torch_seg.label
+
+
+def output_classes(names: tuple[str, ...], palette: np.ndarray, classes: list[str] | None,
+                   where: str) -> tuple[np.ndarray | None, np.ndarray, str]:
+    """The labels ``predict --classes`` writes: (model id -> written id map, or None for the
+    model's own ids; the palette; one line saying which ids the label PNGs hold)."""
+    from diga.data.classes import IGNORE_INDEX, class_protocol
+    from diga.protocols import parse_protocols, plan_scoring
+
+    requested = parse_protocols(classes)
+    if len(requested) > 1:
+        raise UserError("predict writes the labels of one protocol: --classes takes one of "
+                        "19, 16, 13", f"e.g. --classes {requested[0]}")
+    own = f"labels: the model's own {len(names)}-class train ids"
+    if not requested:
+        return None, palette, own
+    protocol = plan_scoring(names, class_protocol(requested[0]), requested, requested[0],
+                            where).protocols[0]
+    if protocol.names == names:  # its own protocol, or one with classes it does not predict
+        return None, palette, own + ("" if protocol.num_classes == requested[0] else
+                                     f" (it has no {requested[0]}-class protocol's full set)")
+    lut = np.array([protocol.names.index(c) if c in protocol.names else IGNORE_INDEX
+                    for c in names], np.uint8)
+    others = [c for c in names if c not in protocol.names]
+    return lut, protocol.palette, (f"labels: {protocol.num_classes}-class train ids, mapped by "
+                                   f"class name from the model's {len(names)} ({', '.join(others)}"
+                                   f" -> {IGNORE_INDEX})")
 
 
 def collect_inputs(inputs: list[Path]) -> tuple[list[tuple[Path, Path]], list[str]]:
@@ -137,6 +163,9 @@ def predict_command(
     native_size: Annotated[bool, typer.Option(
         "--native-size", help="Run each image at its own size instead of the size the model "
         "was trained and evaluated at (the default, recorded in the model).")] = False,
+    classes: Annotated[list[str] | None, typer.Option(
+        "--classes", help="Write the labels of the 16- or 13-class protocol (train ids, 255 "
+        "for the model's other classes) instead of the model's own.", show_default=False)] = None,
 ) -> None:
     """Segment images: label, colour and overlay PNGs for each.
 
@@ -158,9 +187,17 @@ def predict_command(
     for path, _ in images:
         check_image(path)
     with runtime_warnings():  # e.g. a GPU fallback, or a file without an inference size
-        predictor, palette, label = _load_predictor(model, backend,
-                                                    "native" if native_size else "trained")
+        predictor, info, label = _load_predictor(model, backend,
+                                                 "native" if native_size else "trained")
+    try:
+        lut, palette, written = output_classes(info.class_names, info.palette, classes,
+                                               model.name)
+    except UserError:
+        if hasattr(predictor, "close"):
+            predictor.close()
+        raise
     console.print(f"model: {label}", highlight=False)
+    console.print(written, highlight=False)
 
     from rich.progress import Progress
 
@@ -172,7 +209,7 @@ def predict_command(
             for path, stem in images:
                 bar.update(task, name=path.name)
                 rgb = read_rgb(path)
-                labels = predictor(rgb)
+                labels = predictor(rgb) if lut is None else lut[predictor(rgb)]
                 base = out / stem
                 _save_png(base.with_name(f"{base.name}_label.png"), labels)
                 _save_png(base.with_name(f"{base.name}_color.png"), colorize(labels, palette))

@@ -19,10 +19,19 @@ def _load(run: Path, overrides: list[str] | None):
     from diga.cli.train import load_config_from
     from diga.train.distributed import init_distributed
 
-    model, cfg, ckpt = load_model(run, "cpu")
-    cfg = load_config_from(cfg, overrides or [])
+    model, saved, ckpt = load_model(run, "cpu")
+    cfg = load_config_from(saved, overrides or [])
+    _same_classes(saved, cfg, ckpt)
     dist, device = init_distributed(cfg.run)
     return model.to(device), cfg, ckpt, device, dist
+
+
+def _same_classes(saved, cfg, ckpt) -> None:
+    """Pseudo-labels and centroids are in the model's own classes: no other data.classes."""
+    from diga.protocols import model_classes, require_same_classes
+
+    require_same_classes(model_classes(saved.num_classes), cfg.num_classes, str(ckpt.folder),
+                         "pseudo-labels and centroids")
 
 
 def _launch(verb: str, run: Path, overrides: list[str] | None, out: Path | None,
@@ -30,8 +39,9 @@ def _launch(verb: str, run: Path, overrides: list[str] | None, out: Path | None,
     from diga.checkpoint import load_model
     from diga.cli.train import load_config_from
 
-    _, cfg, _ = load_model(run, "cpu")  # a clear error for a wrong RUN before any process starts
-    cfg = load_config_from(cfg, overrides or [])
+    _, saved, ckpt = load_model(run, "cpu")  # a clear error for a wrong RUN before any process starts
+    cfg = load_config_from(saved, overrides or [])
+    _same_classes(saved, cfg, ckpt)
     launch_on_devices(devices, cfg.run, [verb, str(run), *(overrides or []),
                                          *(["--out", str(out)] if out is not None else [])])
 

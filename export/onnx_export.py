@@ -70,13 +70,15 @@ class OnnxExport:
 
 
 def model_info(cfg: Config, meta: dict[str, Any], input_size: tuple[int, int], *,
-               dynamic: bool, bake_preprocess: bool, argmax: bool) -> ModelInfo:
+               dynamic: bool, bake_preprocess: bool, argmax: bool,
+               classes: int | None = None) -> ModelInfo:
     """The metadata of a model exported from a checkpoint with ``meta`` and config ``cfg``.
 
     ``input_size`` is the export (and, for a static model, the only) size; the inference size
-    the runtime resizes images to is ``cfg.inference_size``.
+    the runtime resizes images to is ``cfg.inference_size``. ``classes``: the protocol the
+    model predicts (its checkpoint's ``data.classes``; default ``cfg``'s).
     """
-    protocol = class_protocol(cfg.num_classes)
+    protocol = class_protocol(classes or cfg.num_classes)
     metrics = meta.get("metrics") or {}
     source, target = cfg.data.source, cfg.data.target
     provenance = {

@@ -20,8 +20,7 @@ import torch
 from diga.config import Config
 from diga.data.classes import class_protocol
 from diga.data.datasets import build_dataset
-from diga.errors import UserError
-from diga.metrics import confusion_matrix, metrics_from_confusion
+from diga.protocols import label_protocol, plan_scoring
 from diga.runtime import Segmenter
 from diga.runtime.preprocess import TRAINED, RunSize
 
@@ -37,10 +36,15 @@ class TargetImages(Sequence[TargetImage]):
     """Images of a target split, read from disk when indexed: a full-size Cityscapes val split
     does not fit in memory at once."""
 
-    def __init__(self, cfg: Config, split: str, count: int | None) -> None:
+    def __init__(self, cfg: Config, split: str, count: int | None, finest: bool = False) -> None:
         # at their own size: the runtime resizes them to the model's inference size itself, as
-        # it does in an app
-        self.dataset = build_dataset(cfg, "target", split, train=False, native=True)
+        # it does in an app; labels in data.classes, or in the finest protocol the layout holds
+        # (``finest``: for scoring any model by class name, ``diga.protocols``)
+        self.protocol = (label_protocol(cfg.data.target.kind, cfg.num_classes) if finest
+                         else class_protocol(cfg.num_classes))
+        self.data_classes = cfg.num_classes
+        self.dataset = build_dataset(cfg, "target", split, train=False, native=True,
+                                     classes=self.protocol.num_classes)
         n = len(self.dataset) if count is None else min(count, len(self.dataset))
         self.indices = [int(i) for i in np.linspace(0, len(self.dataset) - 1, n).round()] if n else []
 
@@ -58,10 +62,11 @@ class TargetImages(Sequence[TargetImage]):
                            label=item["label"].numpy(), name=self.dataset.samples[index].name)
 
 
-def target_images(cfg: Config, split: str, count: int | None) -> TargetImages:
+def target_images(cfg: Config, split: str, count: int | None,
+                  finest: bool = False) -> TargetImages:
     """``count`` images of the target domain's ``split`` (all when None), spread over it, at
-    their own size."""
-    return TargetImages(cfg, split, count)
+    their own size; ``finest``: labels in the finest protocol the layout holds."""
+    return TargetImages(cfg, split, count, finest)
 
 
 @dataclass
@@ -113,32 +118,35 @@ def check_parity(reference: torch.nn.Module, model_path: Path, images: Sequence[
         provider=provider, max_abs_logit=max_ref if logits else None)
 
 
-def evaluate_model_file(path: Path, images: Sequence[TargetImage], num_classes: int,
-                        backend: str = "cpu", size: RunSize = TRAINED,
+def evaluate_model_file(path: Path, images: TargetImages, requested: Sequence[int] = (),
+                        data_classes: int | None = None, backend: str = "cpu",
+                        size: RunSize = TRAINED,
                         progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
     """mIoU (%) of a model file on labelled images through the runtime, and its time per image.
 
     Images at their own size go in as an app gives them; the runtime runs them at ``size``
-    (default: the model's trained scale) and returns labels at the labels' size. The time is a
-    rough figure (first run included); ``diga bench`` measures latency properly.
+    (default: the model's trained scale) and returns labels at the labels' size. The model's
+    class names (its metadata) are scored on the ``requested`` protocols (default
+    ``data_classes``, the config's) by name (``diga.protocols.plan_scoring``); ``notes`` says
+    where they were mapped. The time is a rough figure (first run included); ``diga bench``
+    measures latency properly.
 
     Raises:
-        UserError: the model predicts another number of classes than the data has.
+        UserError: the model's classes cannot be scored on a requested protocol.
     """
-    conf = np.zeros((num_classes, num_classes), np.int64)
+    data_classes = data_classes or images.data_classes
     with Segmenter(path, backend=backend, size=size) as seg:
-        if seg.info.num_classes != num_classes:
-            raise UserError(f"{path} predicts {seg.info.num_classes} classes, the data has "
-                            f"{num_classes}", f"set data.classes={seg.info.num_classes}")
+        scoring = plan_scoring(seg.info.class_names, images.protocol, requested, data_classes,
+                               Path(path).name)
+        conf = np.zeros((scoring.size, scoring.size), np.int64)
         start = time.perf_counter()
         for done, item in enumerate(images, start=1):
             pred = seg(item.image, out_size=item.label.shape)
-            conf += confusion_matrix(pred.astype(np.int64), item.label.astype(np.int64), num_classes)
+            conf += scoring.confusion(pred.astype(np.int64), item.label.astype(np.int64))
             if progress is not None:
                 progress(done, len(images))
         elapsed = time.perf_counter() - start
         provider, described = seg.provider, seg.describe()
-    metrics = metrics_from_confusion(conf, class_protocol(num_classes).names)
-    return {"file": Path(path).name, "images": len(images), **metrics.as_dict(),
+    return {"file": Path(path).name, "images": len(images), **scoring.metrics(conf).as_dict(),
             "ms_per_image": 1000.0 * elapsed / max(len(images), 1), "provider": provider,
-            "runs": described}
+            "runs": described, "notes": list(scoring.notes)}

@@ -101,7 +101,7 @@ def export_checkpoint(model_path: Path, overrides: list[str] | None = None,
         from diga.export.tensorrt_build import check_tensorrt_ready
 
         check_tensorrt_ready()  # fail in a second, not after minutes of export and calibration
-    model, _, ckpt = load_model(Path(model_path), "cpu")
+    model, saved, ckpt = load_model(Path(model_path), "cpu")
     cfg = export_config(ckpt.config, list(overrides or []))
     out = Path(out_dir) if out_dir is not None else default_out_dir(model_path)
     if out.exists() and not out.is_dir():
@@ -118,7 +118,8 @@ def export_checkpoint(model_path: Path, overrides: list[str] | None = None,
     if not ex.dynamic and not _fits(parity_set, input_size):
         say(f"static model at {input_size[0]}x{input_size[1]}: images are resized to it")
     info = model_info(cfg, ckpt.meta, input_size, dynamic=ex.dynamic,  # type: ignore[arg-type]
-                      bake_preprocess=options.bake_preprocess, argmax=options.argmax)
+                      bake_preprocess=options.bake_preprocess, argmax=options.argmax,
+                      classes=saved.num_classes)  # the model's own, whatever data.classes says
 
     summary = ExportSummary(out_dir=out, info=info)
     paths: dict[str, Path] = {}
@@ -190,16 +191,21 @@ def _evaluate(files: list[ExportedFile], cfg: Config, summary: ExportSummary, sa
     """Target-val mIoU of the float ONNX and its fp16 / int8 variants, all through onnxruntime."""
     ex = cfg.export
     say("reading target val images for the mIoU comparison")
-    val = target_images(cfg, "val", ex.eval_images)
+    val = target_images(cfg, "val", ex.eval_images, finest=True)
     if not val.has_labels:
         summary.notes.append("target val has no labels: no mIoU measured")
         return
     for exported in files:
         say(f"target-val mIoU of {exported.path.name} on {len(val)} images (onnxruntime CPU)")
         try:
-            exported.evaluation = evaluate_model_file(exported.path, val, cfg.num_classes, "cpu")
+            exported.evaluation = evaluate_model_file(exported.path, val, backend="cpu")
         except UserError as exc:  # e.g. an fp16 op this onnxruntime has no CPU kernel for
             summary.notes.append(f"{exported.path.name} not evaluated on CPU: {exc}")
+            continue
+        for note in exported.evaluation.pop("notes"):  # data.classes is not the model's
+            if note not in summary.notes:
+                summary.notes.append(note)
+                say(note)
 
 
 def _write_reports(summary: ExportSummary, model_path: Path, ckpt_folder: Path,

@@ -28,7 +28,7 @@ ROW_KEYS = {
     "model", "format", "backend", "precision", "compiled", "status", "provider", "device",
     "file_size_bytes", "input_shape", "run_size", "latency_ms", "throughput", "peak_rss_mb",
     "rss_increase_mb", "gpu_memory_mb", "flops_per_image", "gflops_per_s", "peak_fraction",
-    "latency_vs_torch", "images", "miou", "miou13", "pixel_acc", "pixel_agreement", "reference", "notes",
+    "latency_vs_torch", "images", "miou", "miou13", "classes", "mapped_from", "pixel_acc", "pixel_agreement", "reference", "notes",
 }
 HAS_ORT_CUDA = "CUDAExecutionProvider" in ort.get_available_providers()
 runner = CliRunner()

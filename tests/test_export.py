@@ -379,6 +379,6 @@ def test_other_calibration_methods(exported, trained_run, tmp_path, method, caps
     path = quantize_int8(fp32, tmp_path / "model.int8.onnx", calib, exported.info, method)
     assert "Collecting tensor data" not in capsys.readouterr().out  # calibrator chatter kept off
     val = target_images(cfg, "val", None)
-    got = evaluate_model_file(path, val, 19)["miou"]
+    got = evaluate_model_file(path, val)["miou"]
     ref = {f.path.name: f for f in exported.files}["model.onnx"].evaluation["miou"]
     assert abs(got - ref) < 5.0, (method, got, ref)

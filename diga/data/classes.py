@@ -55,6 +55,7 @@ class ClassProtocol:
     palette: np.ndarray  # (C, 3) uint8
     train19_to_train: np.ndarray  # (256,) uint8: 19-class train id -> this protocol's id / 255
     train_to_label_id: np.ndarray  # (C,) uint8: this protocol's id -> Cityscapes label id
+    train19: np.ndarray  # (C,) uint8: this protocol's id -> 19-class train id
 
     def label_id_lut(self) -> np.ndarray:
         """(256,) uint8 lookup: Cityscapes label id -> train id (255 for ignored ids)."""
@@ -85,4 +86,16 @@ def class_protocol(num_classes: int) -> ClassProtocol:
         palette=np.array([row[3] for row in kept], np.uint8),
         train19_to_train=to_train,
         train_to_label_id=np.array([row[0] for row in kept], np.uint8),
+        train19=np.array([row[1] for row in kept], np.uint8),
     )
+
+
+PROTOCOLS = tuple(sorted(_DROPPED, reverse=True))  # 19, 16, 13: each a subset of the one before
+
+
+def protocol_named(names: tuple[str, ...] | list[str]) -> ClassProtocol | None:
+    """The protocol whose classes are exactly ``names`` (in any order), or None."""
+    for n in PROTOCOLS:
+        if set(class_protocol(n).names) == set(names) and len(names) == n:
+            return class_protocol(n)
+    return None

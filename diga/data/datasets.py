@@ -94,7 +94,7 @@ class SegDataset(Dataset):
 
     def __init__(self, domain: DomainData, split: str, num_classes: int, transform: JointTransform,
                  builtin=None, key: str = "data", with_labels: bool = True,
-                 view_scales: tuple[float, ...] = ()) -> None:
+                 view_scales: tuple[float, ...] = (), stored_classes: int | None = None) -> None:
         self.kind = domain.kind
         # evaluation only: items carry "views", the image at these scales of its run size, each
         # resized from the image itself (a 2x view has the detail of the full-size image)
@@ -112,7 +112,8 @@ class SegDataset(Dataset):
                                    f"{self.builtin_domain}_{split}_{i:05d}.png") for i in range(n)]
         else:
             self.samples = find_samples(domain.kind, domain.root, split, f"{key}.root")
-            self.decoder = LabelDecoder(domain.kind, self.protocol)
+            self.decoder = LabelDecoder(domain.kind, self.protocol,
+                                        class_protocol(stored_classes or num_classes))
         if not self.samples:
             raise UserError(f"{key}: split '{split}' of {domain.kind} at {domain.root} is empty",
                             f"check {key}.root and {key}.{'train' if split != 'val' else 'val'}_split")
@@ -203,8 +204,13 @@ class InfiniteSampler(Sampler):
 
 
 def build_dataset(cfg: Config, domain: str, split: str, train: bool, native: bool = False,
-                  scales: tuple[float, ...] | list[float] = ()) -> SegDataset:
+                  scales: tuple[float, ...] | list[float] = (),
+                  classes: int | None = None) -> SegDataset:
     """The source or target dataset of a config; ``train`` selects the random transforms.
+
+    ``classes``: the protocol to read labels in (default ``data.classes``); for a folder
+    layout, whose train ids are in ``data.classes``, a subset of it
+    (``diga.protocols.label_protocol``).
 
     ``native`` (with ``train=False``): images at their own size, not the domain's resize, as a
     camera delivers them to a deployed model (which resizes them itself). ``scales`` (with
@@ -223,9 +229,9 @@ def build_dataset(cfg: Config, domain: str, split: str, train: bool, native: boo
     b = cfg.data.builtin
     spec = BuiltinSpec(seed=b.seed, size=tuple(b.size), source_train=b.source_train,
                        target_train=b.target_train, target_val=b.target_val)
-    return SegDataset(dom, split_name if dom.kind != "builtin" else split, cfg.num_classes,
-                      transform, builtin=spec, key=f"data.{domain}",
-                      view_scales=() if train else tuple(scales))
+    return SegDataset(dom, split_name if dom.kind != "builtin" else split,
+                      classes or cfg.num_classes, transform, builtin=spec, key=f"data.{domain}",
+                      view_scales=() if train else tuple(scales), stored_classes=cfg.num_classes)
 
 
 def infinite_loader(dataset: SegDataset, batch_size: int, seed: int, start_step: int,

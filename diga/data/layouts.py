@@ -124,7 +124,10 @@ def _read_raw_label(kind: str, path: Path) -> np.ndarray:
 class LabelDecoder:
     """Raw label file -> train ids of a class protocol, with a check for unknown ids."""
 
-    def __init__(self, kind: str, protocol: ClassProtocol) -> None:
+    def __init__(self, kind: str, protocol: ClassProtocol,
+                 stored: ClassProtocol | None = None) -> None:
+        """``stored``: for a folder layout, the protocol its train ids are in (default
+        ``protocol``); labels are read in ``protocol``, which must be a subset of it."""
         self.kind = kind
         self.num_classes = protocol.num_classes
         if kind in ("gta5", "cityscapes"):
@@ -133,10 +136,11 @@ class LabelDecoder:
         elif kind == "synthia":
             self.lut = protocol.synthia_lut()
             self.known = SYNTHIA_CLASS_IDS
-        else:  # folder: train ids already
+        else:  # folder: train ids of the stored protocol already
+            stored = stored or protocol
             self.lut = np.full(256, IGNORE_INDEX, np.uint8)
-            self.lut[: protocol.num_classes] = np.arange(protocol.num_classes)
-            self.known = protocol.num_classes
+            self.lut[: stored.num_classes] = protocol.train19_to_train[stored.train19]
+            self.known = stored.num_classes
 
     def unknown_ids(self, raw: np.ndarray) -> list[int]:
         ids = np.unique(raw)

@@ -12,9 +12,10 @@ import torch
 import torch.nn.functional as F
 
 from diga.config import Config
-from diga.data.classes import class_protocol
+from diga.data.classes import CITYSCAPES_CLASSES, class_protocol
 from diga.data.datasets import SegDataset, eval_loader, normalize
-from diga.metrics import SegMetrics, confusion_matrix, metrics_from_confusion
+from diga.metrics import SegMetrics
+from diga.protocols import Scoring, same_protocol
 from diga.train.distributed import current
 
 
@@ -65,7 +66,7 @@ def batch_views(batch: dict, device: torch.device) -> dict[float, torch.Tensor] 
 def evaluate(model: torch.nn.Module, dataset: SegDataset, cfg: Config, device: torch.device,
              save_predictions: Path | None = None,
              progress: Callable[[int, int], None] | None = None,
-             max_images: int | None = None) -> SegMetrics:
+             max_images: int | None = None, scoring: Scoring | None = None) -> SegMetrics:
     """mIoU of ``model`` on a labelled split (target val), from one summed confusion matrix.
 
     With a multi-scale or flip test (``eval.scales``, ``eval.flip``; build the dataset with
@@ -75,8 +76,12 @@ def evaluate(model: torch.nn.Module, dataset: SegDataset, cfg: Config, device: t
     torchrun each rank predicts its share of the images and the matrices are summed over
     ranks, so every rank returns the metrics of the whole split. ``model`` must be the plain
     module (not DDP-wrapped): shards may differ in length, so no collective runs per batch.
+    ``scoring`` (``diga.protocols.plan_scoring``; default: the model's own protocol, labels
+    read in it) scores the predictions on other protocols by class name, the first one's
+    metrics returned with the others in ``also``; saved predictions keep the model's classes.
     """
-    protocol = class_protocol(cfg.num_classes)
+    scoring = scoring or same_protocol(cfg.num_classes)
+    label_ids = _label_ids(scoring.model_names)
     dist = current()
     was_training = model.training
     model.eval()
@@ -85,7 +90,7 @@ def evaluate(model: torch.nn.Module, dataset: SegDataset, cfg: Config, device: t
     loader = eval_loader(dataset, cfg.eval.batch_size, cfg.data.num_workers, indices)
     scales = tuple(cfg.eval.scales)
     multi = scales != (1.0,) or cfg.eval.flip
-    conf = torch.zeros(cfg.num_classes, cfg.num_classes, dtype=torch.long, device=device)
+    conf = torch.zeros(scoring.size, scoring.size, dtype=torch.long, device=device)
     conf_single = torch.zeros_like(conf)
     done, total = 0, len(indices) if indices is not None else len(dataset)
     for batch in loader:
@@ -95,21 +100,23 @@ def evaluate(model: torch.nn.Module, dataset: SegDataset, cfg: Config, device: t
                                         cfg.data.std, scales, cfg.eval.flip,
                                         batch_views(batch, device), with_single=True)
         pred = logits.argmax(1)
-        conf += confusion_matrix(pred, labels, cfg.num_classes)
+        conf += scoring.confusion(pred, labels)
         if multi:
-            conf_single += confusion_matrix(single.argmax(1), labels, cfg.num_classes)
+            conf_single += scoring.confusion(single.argmax(1), labels)
         if save_predictions is not None:
-            _save_label_ids(save_predictions, dataset, batch["index"].tolist(), pred,
-                            protocol.train_to_label_id)
+            _save_label_ids(save_predictions, dataset, batch["index"].tolist(), pred, label_ids)
         done += len(images)
         if progress is not None:
             progress(done, total)
     model.train(was_training)
-    metrics = metrics_from_confusion(dist.all_reduce_sum(conf), protocol.names)
-    if multi:
-        metrics.single_scale = metrics_from_confusion(dist.all_reduce_sum(conf_single),
-                                                      protocol.names)
-    return metrics
+    return scoring.metrics(dist.all_reduce_sum(conf),
+                           dist.all_reduce_sum(conf_single) if multi else None)
+
+
+def _label_ids(names: tuple[str, ...]) -> np.ndarray:
+    """(C,) uint8: a model's class id -> Cityscapes label id (0, unlabelled, for other names)."""
+    ids = {name: label_id for label_id, _, name, _ in CITYSCAPES_CLASSES}
+    return np.array([ids.get(name, 0) for name in names], np.uint8)
 
 
 def _save_label_ids(out: Path, dataset: SegDataset, indices: list[int], pred: torch.Tensor,

@@ -12,6 +12,7 @@ from diga.config import Config, config_from_dict
 from diga.data.datasets import build_dataset
 from diga.data.pseudo_labels import MANIFEST, StaleInputError, check_manifest, inputs_provenance
 from diga.errors import UserError
+from diga.protocols import model_classes, require_same_classes
 from diga.train.distributed import current, init_distributed
 from diga.train.loop import SelftrainInputs, StageResult, check_resumable, train_stage
 from diga.train.pseudo import CENTROIDS_FILE, load_centroids, make_centroids, make_pseudo_labels
@@ -107,11 +108,11 @@ def _say(quiet: bool, message: str) -> None:
 
 def _check_same_model(cfg: Config, ckpt: Checkpoint) -> None:
     init_cfg = config_from_dict(ckpt.config)
-    if (init_cfg.model.name, init_cfg.num_classes) != (cfg.model.name, cfg.num_classes):
-        raise UserError(
-            f"{ckpt.folder} is a {init_cfg.model.name} with {init_cfg.num_classes} classes, this "
-            f"config trains {cfg.model.name} with {cfg.num_classes}",
-            "use the same model.name and data.classes as the warm-up run")
+    if init_cfg.model.name != cfg.model.name:
+        raise UserError(f"{ckpt.folder} is a {init_cfg.model.name}, this config trains "
+                        f"{cfg.model.name}", "use the same model.name as the warm-up run")
+    require_same_classes(model_classes(init_cfg.num_classes), cfg.num_classes, str(ckpt.folder),
+                         "self-training's pseudo-labels and centroids")
 
 
 def finished_metrics(run_dir: Path, steps: int) -> dict[str, Any] | None:
