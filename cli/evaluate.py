@@ -101,7 +101,8 @@ def _print_all(result: dict, title: str) -> None:
 
 
 def _print(result: dict, title: str) -> None:
-    table = Table(title=title)
+    console.print(title, highlight=False, soft_wrap=True)  # above the table: it never wraps
+    table = Table()
     table.add_column("class")
     table.add_column("IoU", justify="right")
     for name, iou in result["iou"].items():
