@@ -30,8 +30,12 @@ def export_command(
     int8: Annotated[bool, typer.Option("--int8", help="Also an INT8 QDQ ONNX calibrated on "
                                        "target train images, with its mIoU vs fp32.")] = False,
     fp16: Annotated[bool, typer.Option("--fp16", help="Also an fp16 ONNX (for GPUs).")] = False,
-    trt: Annotated[bool, typer.Option("--trt", help="Also TensorRT engines (fp16; int8 with "
-                                      "--int8). Needs TensorRT and an NVIDIA GPU.")] = False,
+    trt: Annotated[bool, typer.Option("--trt", help="Also strongly typed TensorRT engines, "
+                                      "each from the ONNX of its precision (fp16; int8 with "
+                                      "--int8). Needs TensorRT 10.12+ or 11.x and an NVIDIA "
+                                      "GPU.")] = False,
+    trt_fp32: Annotated[bool, typer.Option("--trt-fp32", help="Also the float32 TensorRT "
+                                           "engine (the reference for the others).")] = False,
     static: Annotated[bool, typer.Option("--static", help="Fixed input shape (batch 1 at "
                                          "export.input_size) instead of dynamic.")] = False,
     opset: Annotated[int | None, typer.Option("--opset", help="ONNX opset (>= 17; default "
@@ -79,7 +83,7 @@ def export_command(
     try:
         with console.status("exporting") as status:
             summary = export_checkpoint(
-                model, extra, ExportOptions(fp16=fp16, int8=int8, trt=trt,
+                model, extra, ExportOptions(fp16=fp16, int8=int8, trt=trt, trt_fp32=trt_fp32,
                                             bake_preprocess=bake_preprocess, argmax=argmax),
                 out_dir=out, report=lambda msg: status.update(msg))
     finally:

@@ -254,6 +254,7 @@ class ExportConfig(Section):
     trt_workspace_gb: float = Field(4.0, gt=0)
     trt_timing_cache: Path | None = None  # None: <export dir>/trt_timing.cache, reused across builds
     exporter: Literal["auto", "dynamo", "torchscript"] = "auto"  # auto: dynamo, TorchScript if it fails
+    min_agreement_fp16: float = Field(99.0, ge=0, le=100)  # fp16 ONNX vs PyTorch (%) to build its engine
     min_agreement: float = Field(99.9, ge=0, le=100)  # fp32 ONNX vs PyTorch pixel agreement (%) required
     eval_images: int | None = Field(None, ge=1)  # target-val images for the int8/fp16 mIoU; None: all
 

@@ -59,10 +59,14 @@ FORMATS: dict[str, ExportFormat] = {f.name: f for f in (
                  False, "onnx", "ONNX, float16 weights and activations, float32 I/O (for GPUs)"),
     ExportFormat("onnx-int8", "model.int8.onnx", ".onnx", "int8", ("ort-cpu", "ort-cuda", "ort-trt"),
                  False, "onnx", "ONNX with QDQ int8, calibrated on target-domain images"),
-    ExportFormat("trt-fp16", "model.fp16.engine", ".engine", "fp16", ("trt",), True, "onnx",
-                 "TensorRT engine, fp16 kernels allowed"),
+    # TensorRT engines are strongly typed (TensorRT 11; 10.12+ with the STRONGLY_TYPED flag):
+    # each takes its precision from the ONNX it is built from, with no precision builder flag
+    ExportFormat("trt-fp32", "model.fp32.engine", ".engine", "fp32", ("trt",), True, "onnx",
+                 "TensorRT engine, strongly typed from the float32 ONNX"),
+    ExportFormat("trt-fp16", "model.fp16.engine", ".engine", "fp16", ("trt",), True, "onnx-fp16",
+                 "TensorRT engine, strongly typed from the fp16 ONNX (float32 I/O)"),
     ExportFormat("trt-int8", "model.int8.engine", ".engine", "int8", ("trt",), True, "onnx-int8",
-                 "TensorRT engine, explicit int8 from the QDQ model"),
+                 "TensorRT engine, strongly typed from the symmetric QDQ int8 ONNX"),
 )}
 
 
@@ -73,23 +77,23 @@ def get_format(name: str) -> ExportFormat:
 
 
 def formats_for_flags(onnx: bool = False, fp16: bool = False, int8: bool = False,
-                      trt: bool = False) -> list[ExportFormat]:
+                      trt: bool = False, trt_fp32: bool = False) -> list[ExportFormat]:
     """The formats ``diga export`` writes for its flags, each after the one it is made from.
 
     The float ONNX is always written (everything else starts from it). ``--trt`` builds an
-    engine per requested precision (``--fp16``, ``--int8``); fp16 when it names none.
+    engine per requested precision (``--fp16``, ``--int8``; fp16 when it names none), each
+    from the ONNX of its precision, which is then written too; ``--trt-fp32`` adds the float32
+    engine.
     """
-    names = ["onnx"]
-    if fp16:
-        names.append("onnx-fp16")
-    if int8:
-        names.append("onnx-int8")
-    if trt:
-        if fp16 or not int8:
-            names.append("trt-fp16")
-        if int8:
-            names.append("trt-int8")
-    return [FORMATS[n] for n in names]
+    engines = []
+    if trt or trt_fp32:
+        engines = [name for name, wanted in (("trt-fp32", trt_fp32),
+                                             ("trt-fp16", trt and (fp16 or not int8)),
+                                             ("trt-int8", trt and int8)) if wanted]
+    sources = {FORMATS[name].source for name in engines}
+    names = ["onnx"] + [n for n, wanted in (("onnx-fp16", fp16 or "onnx-fp16" in sources),
+                                           ("onnx-int8", int8 or "onnx-int8" in sources)) if wanted]
+    return [FORMATS[n] for n in names + engines]
 
 
 def format_of_file(path: Path) -> ExportFormat:
@@ -106,7 +110,8 @@ def format_of_file(path: Path) -> ExportFormat:
     if suffix == ".onnx":
         return FORMATS["onnx" if precision == "fp32" else f"onnx-{precision}"]
     if suffix in (".engine", ".plan", ".trt"):
-        return FORMATS["trt-int8" if precision == "int8" else "trt-fp16"]
+        engine = next((p for p in ("int8", "fp32") if f".{p}." in path.name.lower()), "fp16")
+        return FORMATS[f"trt-{engine}"]
     raise UserError(f"cannot tell the model format of {path.name}",
                     "give a run directory, a checkpoint folder, an .onnx or an .engine")
 

@@ -35,6 +35,7 @@ class ExportOptions:
     fp16: bool = False
     int8: bool = False
     trt: bool = False
+    trt_fp32: bool = False  # also the float32 engine (the reference for the others)
     bake_preprocess: bool = False
     argmax: bool = False
 
@@ -96,7 +97,9 @@ def export_checkpoint(model_path: Path, overrides: list[str] | None = None,
     """
     options = options or ExportOptions()
     say = report or (lambda msg: log.info(msg))
-    formats = formats_for_flags(fp16=options.fp16, int8=options.int8, trt=options.trt)
+    formats = formats_for_flags(fp16=options.fp16, int8=options.int8, trt=options.trt,
+                                trt_fp32=options.trt_fp32)
+    names = {f.name for f in formats}
     if any(f.needs_gpu for f in formats):
         from diga.export.tensorrt_build import check_tensorrt_ready
 
@@ -145,7 +148,7 @@ def export_checkpoint(model_path: Path, overrides: list[str] | None = None,
                         f"pixels (export.min_agreement={ex.min_agreement}); see {out / 'parity.json'}",
                         "try export.exporter=torchscript or another export.opset")
 
-    if options.fp16:
+    if "onnx-fp16" in names:  # --fp16, or the source of the strongly typed fp16 engine
         from diga.export.quantize import convert_fp16
 
         fmt = FORMATS["onnx-fp16"]
@@ -153,7 +156,7 @@ def export_checkpoint(model_path: Path, overrides: list[str] | None = None,
         paths[fmt.name] = convert_fp16(paths["onnx"], out / fmt.file, info)
         files.append(ExportedFile(fmt.name, paths[fmt.name], "fp16",
                                   paths[fmt.name].stat().st_size, parity_of(fmt)))
-    if options.int8:
+    if "onnx-int8" in names:
         from diga.export.quantize import quantize_int8
 
         fmt = FORMATS["onnx-int8"]
@@ -163,21 +166,29 @@ def export_checkpoint(model_path: Path, overrides: list[str] | None = None,
         files.append(ExportedFile(fmt.name, paths[fmt.name], "int8",
                                   paths[fmt.name].stat().st_size, parity_of(fmt)))
 
-    if options.int8 or options.fp16:
+    if names & {"onnx-fp16", "onnx-int8"}:
         _evaluate(files, cfg, summary, say)
 
+    parity = {f.format: (f.parity or {}).get("pixel_agreement") for f in files}
     for fmt in formats:
         if not fmt.needs_gpu:
             continue
         from diga.export.tensorrt_build import build_engine
 
-        precision = fmt.precision
+        agreement = parity.get(fmt.source)
+        if fmt.precision == "fp16" and agreement is not None and agreement < ex.min_agreement_fp16:
+            # a strongly typed engine computes what its ONNX computes: check that first
+            summary.notes.append(f"{fmt.file} not built: {paths[fmt.source].name} agrees with fp32 "
+                                 f"PyTorch on {agreement:.2f}% of pixels (export.min_agreement_fp16"
+                                 f"={ex.min_agreement_fp16})")
+            continue
         cache = ex.trt_timing_cache or out / "trt_timing.cache"
-        say(f"building TensorRT {precision} engine {fmt.file} from {paths[fmt.source].name}")
-        source_info = info.replace(precision="int8" if fmt.source == "onnx-int8" else "fp32")
-        build_engine(paths[fmt.source], out / fmt.file, precision, source_info, ex, cache)
+        say(f"building strongly typed TensorRT {fmt.precision} engine {fmt.file} from "
+            f"{paths[fmt.source].name}")
+        build_engine(paths[fmt.source], out / fmt.file, info.replace(precision=fmt.precision),
+                     ex, cache)
         paths[fmt.name] = out / fmt.file
-        files.append(ExportedFile(fmt.name, paths[fmt.name], precision,
+        files.append(ExportedFile(fmt.name, paths[fmt.name], fmt.precision,
                                   paths[fmt.name].stat().st_size,
                                   check_parity(reference, paths[fmt.name], parity_set,
                                                backend="tensorrt").as_dict()))

@@ -26,6 +26,7 @@ from diga.export.parity import TargetImage, check_parity, target_images
 from diga.export.pipeline import ExportOptions, export_checkpoint
 from diga.models import available_models, build_model
 from diga.runtime import Segmenter
+from diga.runtime.segmenter import engine_sidecar
 from diga.runtime.tensorrt_engine import cuda_device_count
 
 SMALL = [
@@ -97,8 +98,13 @@ def test_format_table_is_consistent():
         if fmt.file:
             assert format_of_file(Path(fmt.file)) is fmt
     assert [f.name for f in formats_for_flags()] == ["onnx"]
-    assert [f.name for f in formats_for_flags(trt=True)] == ["onnx", "trt-fp16"]
+    # strongly typed engines: each from the ONNX of its precision, which is written too
+    assert [f.name for f in formats_for_flags(trt=True)] == ["onnx", "onnx-fp16", "trt-fp16"]
     assert [f.name for f in formats_for_flags(int8=True, trt=True)] == ["onnx", "onnx-int8", "trt-int8"]
+    assert [f.name for f in formats_for_flags(fp16=True, int8=True, trt=True, trt_fp32=True)] == [
+        "onnx", "onnx-fp16", "onnx-int8", "trt-fp32", "trt-fp16", "trt-int8"]
+    assert {f.name: f.source for f in FORMATS.values() if f.suffix == ".engine"} == {
+        "trt-fp32": "onnx", "trt-fp16": "onnx-fp16", "trt-int8": "onnx-int8"}
     assert all(f.needs_gpu for f in formats_for_flags(fp16=True, int8=True, trt=True)
                if f.suffix == ".engine")
 
@@ -326,19 +332,41 @@ def test_cli_trt_without_tensorrt_or_gpu_is_one_line(tmp_path):
 @pytest.mark.skipif(not (HAS_TRT and HAS_GPU), reason=f"needs TensorRT and a CUDA GPU (TensorRT "
                     f"installed: {HAS_TRT}, GPU visible: {HAS_GPU})")
 def test_trt_engines_build_and_match(trained_run, tmp_path):
-    summary = export_checkpoint(trained_run, ["export.trt_min_size=32x64", "export.trt_opt_size=64x128",
-                                              "export.trt_max_size=128x256", "export.trt_workspace_gb=1"],
-                                ExportOptions(int8=True, fp16=True, trt=True), out_dir=tmp_path)
+    """Strongly typed fp32, fp16 and int8 engines each build from the ONNX of their precision;
+    their labels agree with onnxruntime fp32 on target images (fp16 >= 99 %, int8 within 1 mIoU)
+    and ``Segmenter`` runs each one."""
+    from diga.export.parity import evaluate_model_file
+
+    keys = ["export.trt_min_size=32x64", "export.trt_opt_size=64x128",
+            "export.trt_max_size=128x256", "export.trt_workspace_gb=1"]
+    summary = export_checkpoint(trained_run, keys, ExportOptions(int8=True, fp16=True, trt=True,
+                                                                 trt_fp32=True), out_dir=tmp_path)
     files = {f.path.name: f for f in summary.files}
-    assert files["model.fp16.engine"].parity["pixel_agreement"] > 99.0
-    assert files["model.int8.engine"].parity["pixel_agreement"] > 90.0
+    assert {"model.fp32.engine", "model.fp16.engine", "model.int8.engine"} <= set(files)
     assert (tmp_path / "trt_timing.cache").stat().st_size > 0
-    sidecar = json.loads((tmp_path / "model.fp16.engine.json").read_text())
-    assert sidecar["precision"] == "fp16" and sidecar["profile"]["max"] == [1, 3, 128, 256]
-    with Segmenter(tmp_path / "model.fp16.engine") as seg:
-        assert seg.backend == "tensorrt"
-        labels = seg(np.zeros((64, 128, 3), np.uint8))
-    assert labels.shape == (64, 128)
+    cfg = load_config("demo", SMALL)
+    images = target_images(cfg, "val", None, finest=True)
+    ort_labels = []
+    with Segmenter(tmp_path / "model.onnx", backend="cpu") as ort_fp32:
+        ort_labels = [ort_fp32(item.image) for item in images]
+    fp32_miou = evaluate_model_file(tmp_path / "model.onnx", images)["miou"]
+    for precision, source in (("fp32", "model.onnx"), ("fp16", "model.fp16.onnx"),
+                              ("int8", "model.int8.onnx")):
+        engine = tmp_path / f"model.{precision}.engine"
+        sidecar = json.loads(engine_sidecar(engine).read_text())
+        assert sidecar["precision"] == precision and sidecar["strongly_typed"] is True
+        assert sidecar["precision_source"]["onnx"] == source
+        assert sidecar["profile"]["max"] == [1, 3, 128, 256] and sidecar["compute_capability"]
+        assert len(sidecar["timing_cache"]["sha256"]) == 64
+        with Segmenter(engine) as seg:
+            assert seg.backend == "tensorrt" and seg.info.precision == precision
+            agree = np.mean([(seg(item.image) == ref).mean()
+                             for item, ref in zip(images, ort_labels, strict=True)])
+        if precision in ("fp32", "fp16"):
+            assert agree >= 0.99, (precision, agree)
+        else:
+            miou = evaluate_model_file(engine, images, backend="tensorrt")["miou"]
+            assert fp32_miou - miou <= 1.0, (fp32_miou, miou)
 
 
 def test_trt_profile_covers_the_export_size():

@@ -237,6 +237,18 @@ def test_corrupt_engine_is_a_user_error(tmp_path, model_and_onnx):
         Segmenter(engine)
 
 
+@pytest.mark.trt
+@pytest.mark.gpu
+@pytest.mark.skipif(not (HAS_TRT and HAS_GPU), reason=f"needs TensorRT and a CUDA GPU (TensorRT "
+                    f"installed: {HAS_TRT}, GPU visible: {HAS_GPU})")
+def test_plan_of_another_tensorrt_version_is_refused_before_loading(tmp_path, model_and_onnx):
+    engine = _engine_with_sidecar(tmp_path, model_and_onnx)
+    sidecar = json.loads(engine_sidecar(engine).read_text())
+    engine_sidecar(engine).write_text(json.dumps({**sidecar, "tensorrt": "9.0.0"}))
+    with pytest.raises(UserError, match="was built by TensorRT 9.0.0; this is TensorRT"):
+        Segmenter(engine)
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not (ORT_HAS_CUDA and HAS_GPU), reason=f"needs onnxruntime-gpu and a CUDA GPU "
                     f"(CUDA provider: {ORT_HAS_CUDA}, GPU visible: {HAS_GPU})")

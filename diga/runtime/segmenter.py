@@ -67,7 +67,7 @@ def engine_sidecar(path: Path) -> Path:
 class _OrtModel:
     """An onnxruntime session that knows which execution provider it really got."""
 
-    def __init__(self, path: Path, backend: str, precision: str = "fp32") -> None:
+    def __init__(self, path: Path, backend: str) -> None:
         import onnxruntime as ort
 
         available = ort.get_available_providers()
@@ -81,12 +81,13 @@ class _OrtModel:
                 "pip install onnxruntime-gpu on a machine with an NVIDIA GPU, or use --backend cpu")
         providers: list[Any] = list(wanted)
         if providers[0] == TRT:
-            # engines are cached next to the model: the first run builds, later runs load
+            # engines are cached next to the model: the first run builds, later runs load. No
+            # trt_fp16_enable / trt_int8_enable: they are the weak-typing builder flags that
+            # TensorRT 11 removed; without them onnxruntime builds a strongly typed network, so
+            # the precision comes from the model itself (fp16 weights, or int8 Q/DQ scales),
+            # as for diga's own engines
             cache = str(path.parent / ".ort_trt_cache")
-            # and TensorRT runs at the model's own precision (int8: the QDQ scales, no calibration)
-            providers[0] = (TRT, {"trt_engine_cache_enable": True, "trt_engine_cache_path": cache,
-                                  "trt_fp16_enable": precision in ("fp16", "int8"),
-                                  "trt_int8_enable": precision == "int8"})
+            providers[0] = (TRT, {"trt_engine_cache_enable": True, "trt_engine_cache_path": cache})
         options = ort.SessionOptions()
         options.log_severity_level = 3  # errors only: provider fallbacks are reported below
         try:
@@ -117,17 +118,6 @@ class _OrtModel:
         self.session = None
 
 
-def _onnx_precision(path: Path) -> str:
-    """The precision in an ONNX file's diga metadata, read before a session exists."""
-    import onnx
-
-    try:
-        props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
-    except Exception:  # a damaged file: the session below says so in its own words
-        return "fp32"
-    return props.get("precision", "fp32")
-
-
 class Segmenter:
     """A semantic segmentation model file behind one call.
 
@@ -151,17 +141,17 @@ class Segmenter:
                             "written by 'diga export'")
         suffix = self.path.suffix.lower()
         if suffix == ".onnx":
-            precision = _onnx_precision(self.path) if backend == "tensorrt" else "fp32"
-            self._model: Any = _OrtModel(self.path, backend, precision)
+            self._model: Any = _OrtModel(self.path, backend)
             self.backend, self.provider = self._model.backend, self._model.provider
             self.info = ModelInfo.from_props(self._model.props, str(self.path))
         elif suffix in (".engine", ".plan", ".trt"):
             if backend in ("cpu", "cuda"):
                 raise UserError(f"a TensorRT engine runs on TensorRT, not on backend '{backend}'",
                                 "use --backend tensorrt (or auto), or the .onnx model for CPU/CUDA")
-            self.info = self._read_sidecar()
-            from diga.runtime.tensorrt_engine import TensorRTEngine
+            self.info, sidecar = self._read_sidecar()
+            from diga.runtime.tensorrt_engine import TensorRTEngine, check_plan
 
+            check_plan(self.path, sidecar)  # another TensorRT version or GPU: one line, no load
             self._model = TensorRTEngine(self.path)
             self.backend, self.provider = "tensorrt", "TensorRT"
         else:
@@ -176,7 +166,7 @@ class Segmenter:
                           "'diga export RUN' to run at the trained scale", ScaleWarning,
                           stacklevel=2)
 
-    def _read_sidecar(self) -> ModelInfo:
+    def _read_sidecar(self) -> tuple[ModelInfo, dict[str, Any]]:
         sidecar = engine_sidecar(self.path)
         if not sidecar.is_file():
             raise UserError(f"engine {self.path} has no metadata side-car {sidecar.name}",
@@ -186,7 +176,7 @@ class Segmenter:
         except (json.JSONDecodeError, UnicodeDecodeError):
             raise UserError(f"engine metadata {sidecar} is not valid JSON",
                             "rebuild the engine with 'diga export --trt'") from None
-        return ModelInfo.from_props(data.get("metadata", {}), str(sidecar))
+        return ModelInfo.from_props(data.get("metadata", {}), str(sidecar)), data
 
     def run_size(self, image_size: tuple[int, int]) -> tuple[int, int]:
         """The (H, W) an image of ``image_size`` runs at (``model_input_size``)."""

@@ -1,8 +1,12 @@
 """TensorRT engines at run time: one small class owns the engine, its context and device memory.
 
-Written against TensorRT 10's Python API (named I/O tensors, ``execute_async_v3``). Device
-memory comes from pycuda where it is installed, else from cuda-python's ``cuda.bindings``.
-Both are imported lazily; without TensorRT or a GPU the caller gets one ``UserError``.
+Written against the Python API that TensorRT 10.x and 11.x share (named I/O tensors,
+``set_input_shape``, ``set_tensor_address``, ``execute_async_v3``; nothing that the 10.x ->
+11.x migration guide lists as removed, which ``tests/test_tensorrt_api.py`` checks). A plan
+runs only on the TensorRT version and GPU that built it: ``check_plan`` compares the engine's
+side-car with both before the plan is deserialised. Device memory comes from pycuda where it
+is installed, else from cuda-python's ``cuda.bindings``. All are imported lazily; without
+TensorRT or a GPU the caller gets one ``UserError``.
 """
 
 from __future__ import annotations
@@ -62,6 +66,56 @@ def require_gpu(what: str) -> None:
         raise UserError(f"{what} needs an NVIDIA GPU, and no CUDA device is visible here",
                         "run it on a machine with an NVIDIA GPU and driver, or use the .onnx "
                         "model with --backend cpu")
+
+
+def gpu_identity() -> dict[str, Any]:
+    """``{"gpu": name, "compute_capability": "9.0"}`` of device 0 (values None where unknown)."""
+    try:
+        from cuda.bindings import runtime as cudart
+
+        err, props = cudart.cudaGetDeviceProperties(0)
+        if int(err) == 0:
+            name = props.name.decode(errors="replace") if isinstance(props.name, bytes) else str(props.name)
+            return {"gpu": name.strip("\x00 "), "compute_capability": f"{props.major}.{props.minor}"}
+    except Exception:  # noqa: BLE001  (cuda-python missing or no device: try pycuda)
+        pass
+    try:
+        import pycuda.driver as cuda
+
+        cuda.init()
+        device = cuda.Device(0)
+        major, minor = device.compute_capability()
+        return {"gpu": device.name(), "compute_capability": f"{major}.{minor}"}
+    except Exception:  # noqa: BLE001  (no way to ask: the caller decides what that means)
+        return {"gpu": None, "compute_capability": None}
+
+
+def plan_mismatch(sidecar: dict[str, Any], tensorrt_version: str,
+                  here: dict[str, Any]) -> str | None:
+    """Why a plan described by ``sidecar`` cannot run with this TensorRT on this GPU, or None.
+
+    TensorRT plans are bound to the exact TensorRT version and to the GPU's compute capability
+    they were built for (no version- or hardware-compatible build is made here). A side-car
+    without a field (an older diga) is not held against the plan for it.
+    """
+    built = sidecar.get("tensorrt")
+    if built and built != tensorrt_version:
+        return f"was built by TensorRT {built}; this is TensorRT {tensorrt_version}"
+    want, have = sidecar.get("compute_capability"), here.get("compute_capability")
+    if want and have and want != have:
+        return (f"was built for {sidecar.get('gpu') or 'a GPU'} (compute capability {want}); "
+                f"this is {here.get('gpu') or 'a GPU'} (compute capability {have})")
+    return None
+
+
+def check_plan(path: Path, sidecar: dict[str, Any]) -> None:
+    """Refuse, in one line, a plan built by another TensorRT version or for another GPU."""
+    trt = import_tensorrt()
+    why = plan_mismatch(sidecar, trt.__version__, gpu_identity())
+    if why:
+        raise UserError(f"engine {Path(path).name} {why}",
+                        "rebuild it here with 'diga export RUN --trt' (an engine runs only with "
+                        "the TensorRT version and GPU that built it)")
 
 
 class _PyCudaMemory:
