@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import typer
+from rich.markup import escape
 from typer.core import TyperGroup
 
-from diga.cli.common import print_error
-from diga.errors import UserError
+from diga.cli.common import err_console, print_error
+from diga.errors import RunStopped, UserError
 
 
 class DigaGroup(TyperGroup):
-    """Turns a ``UserError`` from any verb into one printed line and exit code 1."""
+    """Turns a ``UserError`` from any verb into one printed line and exit code 1, and a run
+    stopped on a signal (``RunStopped``, checkpointed) into its line and exit code."""
 
     def invoke(self, ctx):  # noqa: ANN001  (typer vendors its click)
         try:
@@ -18,6 +20,13 @@ class DigaGroup(TyperGroup):
         except UserError as exc:
             print_error(exc)
             raise typer.Exit(1) from None
+        except RunStopped as exc:  # SIGTERM / Ctrl-C: checkpointed; rank 0 says where
+            from diga.train.distributed import current
+
+            if current().is_main:
+                err_console.print(f"[yellow]{escape(exc.message)}[/]", highlight=False,
+                                  soft_wrap=True)
+            raise typer.Exit(exc.code) from None
 
 
 app = typer.Typer(

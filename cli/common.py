@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
@@ -40,22 +41,64 @@ Devices = Annotated[
 ]
 
 
-def launch_on_devices(devices: int, run, args: list[str]) -> None:
+def launch_on_devices(devices: int, run, args: list[str], max_restarts: int = 0) -> None:
     """Run ``diga ARGS`` under torchrun with ``devices`` processes on this node.
+
+    SIGTERM and Ctrl-C sent to this process go to the training processes, which finish their
+    step, checkpoint it and exit as a single process does (exit code 0 / 130 here too).
 
     Args:
         run: the ``RunConfig`` the processes will use (device kind, GPU count check).
+        max_restarts: torchrun restarts every process up to this many times after one fails;
+            ``args`` must then resume (``--auto-resume``).
     """
+    import signal
     import subprocess
 
     from diga.train.distributed import check_devices, torchrun_command
+    from diga.train.signals import EXIT_CODES
 
     where = check_devices(devices, run)
-    err_console.print(f"torchrun: {where}", highlight=False)
-    code = subprocess.call(torchrun_command(devices, args))
+    err_console.print(f"torchrun: {where}" + (f", up to {max_restarts} restarts" if max_restarts
+                                               else ""), highlight=False)
+    env = dict(os.environ)
+    if max_restarts and "gloo" in where:
+        # gloo connects its full mesh at init with few retries; after a restart the ranks start
+        # apart and the first connect is refused (seen with torch 2.14): connect on first use
+        env.setdefault("TORCH_GLOO_LAZY_INIT", "1")
+    proc = subprocess.Popen(torchrun_command(devices, args, max_restarts), env=env)
+    received: list[str] = []
+
+    def forward(signum: int, frame: object) -> None:
+        received.append(signal.Signals(signum).name)
+        for pid in child_pids(proc.pid) or [proc.pid]:  # the workers, so torchrun ends cleanly
+            try:
+                os.kill(pid, signum)
+            except ProcessLookupError:
+                pass
+
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        code = proc.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if received:  # the workers checkpointed and said where
+        raise typer.Exit(EXIT_CODES.get(received[0], 0) if code == 0 else code)
     if code != 0:
         raise UserError(f"the run on {where} failed (torchrun exit code {code})",
                         "the failing rank's error is printed above")
+
+
+def child_pids(pid: int) -> list[int]:
+    """A process's child pids (Linux /proc), [] where they cannot be read."""
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            found += [int(p) for p in (task / "children").read_text().split()]
+        except OSError:
+            continue
+    return found
 
 
 def split_config_args(args: list[str] | None) -> tuple[str | None, list[str]]:

@@ -18,6 +18,26 @@ Out = Annotated[Path | None, typer.Option("--out", help="Run directory (default 
 Resume = Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last "
                                       "checkpoint (its saved config + any overrides).")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
+AutoResume = Annotated[bool, typer.Option(
+    "--auto-resume", help="Resume when --out holds a checkpoint of this stage, else start "
+    "fresh: one command line for torchrun restarts and a scheduler's requeue.")]
+MaxRestarts = Annotated[int, typer.Option(
+    "--max-restarts", min=0, help="With --devices: torchrun restarts all processes up to N "
+    "times after one fails; they resume from the last checkpoint.")]
+
+
+def _auto(out: Path | None, resume: bool, auto_resume: bool, max_restarts: int) -> bool:
+    """``--resume`` as ``--auto-resume`` decides it: a checkpoint in --out, or a config.yaml
+    (self-training, whose rounds resume themselves)."""
+    from diga.checkpoint import has_checkpoint
+    from diga.errors import UserError
+
+    if not (auto_resume or max_restarts):
+        return resume
+    if out is None:
+        raise UserError("--auto-resume and --max-restarts need the run directory",
+                        "pass --out RUN_DIR (the same on every restart)")
+    return resume or has_checkpoint(out) or (out / "round1").is_dir()
 
 
 def _config(args: list[str] | None, out: Path | None, resume: bool) -> Config:
@@ -58,23 +78,27 @@ def _check_before_launch(cfg: Config, devices: int, stage: str) -> None:
     check_world(Distributed(world_size=devices), cfg.run, batch, select_device(cfg.run.device), key)
 
 
-def _flags(out: Path, resume: bool, quiet: bool) -> list[str]:
-    return ["--out", str(out)] + (["--resume"] if resume else []) + (["--quiet"] if quiet else [])
+def _flags(out: Path, resume: bool, quiet: bool, auto: bool = False) -> list[str]:
+    return (["--out", str(out)] + (["--auto-resume"] if auto else ["--resume"] if resume else [])
+            + (["--quiet"] if quiet else []))
 
 
 def _train(stage: str, args: list[str] | None, out: Path | None, resume: bool, quiet: bool,
-           devices: int | None = None) -> None:
+           devices: int | None = None, auto_resume: bool = False, max_restarts: int = 0) -> None:
     from diga.train.distributed import destroy_distributed, init_distributed
     from diga.train.loop import train_stage
     from diga.train.stages import default_run_dir, prepare_run_dir
 
+    auto = auto_resume or max_restarts > 0
+    resume = _auto(out, resume, auto_resume, max_restarts)
     cfg = _config(args, out, resume)
     run_dir = out or default_run_dir(stage)
-    prepare_run_dir(run_dir, resume, stage)
+    prepare_run_dir(run_dir, resume, stage, fresh_ok=auto)
     if devices is not None and devices > 1:  # the same command again, under torchrun
         _check_before_launch(cfg, devices, stage)
         launch_on_devices(devices, cfg.run, ["train", stage, *(args or []),
-                                             *_flags(run_dir, resume, quiet)])
+                                             *_flags(run_dir, resume, quiet, auto)],
+                          max_restarts)
         return
     dist, _ = init_distributed(cfg.run)  # under torchrun: join the job; else one process
     try:
@@ -88,17 +112,19 @@ def _train(stage: str, args: list[str] | None, out: Path | None, resume: bool, q
 
 @app.command("source")
 def source(args: ConfigArgs = None, out: Out = None, resume: Resume = False, quiet: Quiet = False,
-           devices: Devices = None) -> None:
+           devices: Devices = None, auto_resume: AutoResume = False,
+           max_restarts: MaxRestarts = 0) -> None:
     """Source-only baseline: supervised CE on the labelled source domain.
 
     Example: diga train source demo train.steps=600 --out runs/source
     """
-    _train("source", args, out, resume, quiet, devices)
+    _train("source", args, out, resume, quiet, devices, auto_resume, max_restarts)
 
 
 @app.command("warmup")
 def warmup(args: ConfigArgs = None, out: Out = None, resume: Resume = False, quiet: Quiet = False,
-           devices: Devices = None) -> None:
+           devices: Devices = None, auto_resume: AutoResume = False,
+           max_restarts: MaxRestarts = 0) -> None:
     """DiGA stage 1: symmetric distillation with cross-domain mixture (EMA teacher).
 
     Ablations with the same command: warmup.symkd=false (source-only),
@@ -107,7 +133,7 @@ def warmup(args: ConfigArgs = None, out: Out = None, resume: Resume = False, qui
     Example: diga train warmup gta2cs-deeplabv2 data.source.root=/data/GTA5
     data.target.root=/data/cityscapes --out runs/gta-warmup --devices 8
     """
-    _train("warmup", args, out, resume, quiet, devices)
+    _train("warmup", args, out, resume, quiet, devices, auto_resume, max_restarts)
 
 
 @app.command("selftrain")
@@ -120,6 +146,7 @@ def selftrain(
         "--regenerate", help="Make the pseudo-labels and centroids again where another model, "
         "other data or an older diga made them (default: refuse them).")] = False,
     out: Out = None, resume: Resume = False, quiet: Quiet = False, devices: Devices = None,
+    auto_resume: AutoResume = False, max_restarts: MaxRestarts = 0,
 ) -> None:
     """DiGA stage 2: self-training with threshold-free bilateral-consensus pseudo-labels.
 
@@ -133,6 +160,10 @@ def selftrain(
     from diga.train.distributed import destroy_distributed, init_distributed
     from diga.train.stages import default_run_dir, run_selftrain
 
+    auto = auto_resume or max_restarts > 0
+    resume = _auto(out, resume, auto_resume, max_restarts)
+    if auto and resume and out is not None:  # rounds resume themselves from the saved config
+        resume = (out / "config.yaml").is_file()
     cfg = _config(args, out, resume)
     if rounds is not None:
         cfg.selftrain.rounds = rounds
@@ -142,7 +173,8 @@ def selftrain(
         raise UserError("self-training needs a warm-up run to start from",
                         "pass --init runs/warmup (or selftrain.init=...)")
     run_dir = out or default_run_dir("selftrain")
-    if not resume and run_dir.is_dir() and any(run_dir.iterdir()):
+    if not resume and run_dir.is_dir() and any(run_dir.iterdir()) and not (
+            auto and {p.name for p in run_dir.iterdir()} <= {"config.yaml"}):
         raise UserError(f"run directory {run_dir} already exists and is not empty",
                         "pass --resume to continue it, or choose another --out")
     if devices is not None and devices > 1:
@@ -150,7 +182,7 @@ def selftrain(
         extra = ["--init", str(cfg.selftrain.init), "--rounds", str(cfg.selftrain.rounds),
                  *(["--regenerate"] if regenerate else [])]
         launch_on_devices(devices, cfg.run, ["train", "selftrain", *(args or []), *extra,
-                                             *_flags(run_dir, resume, quiet)])
+                                             *_flags(run_dir, resume, quiet, auto)], max_restarts)
         return
     dist, _ = init_distributed(cfg.run)
     try:

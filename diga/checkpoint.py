@@ -6,8 +6,8 @@ A checkpoint is a folder ``checkpoints/<name>/`` with
   ``extra.safetensors``   other tensors (e.g. class centroids during self-training)
   ``state.pt``            step, optimiser state, RNG states; read with ``weights_only=True``
   ``meta.json``           stage, step, resolved config, metrics: readable without torch
-The folder is written as a temp folder and renamed, so a killed run leaves the previous
-checkpoint whole.
+The folder is written as a temp folder, fsynced, read back and renamed (``save_checkpoint``),
+so a killed run, a full disk or a power cut leaves the previous checkpoint whole.
 """
 
 from __future__ import annotations
@@ -20,10 +20,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from diga.errors import UserError
+from diga.io import fsync_dir, fsync_file, write_error
 
 MODEL_FILE = "model.safetensors"
 TEACHER_FILE = "teacher.safetensors"
@@ -45,11 +46,24 @@ def save_checkpoint(
     extra: dict[str, torch.Tensor] | None = None,
     state: dict[str, Any] | None = None,
 ) -> Path:
-    """Write a checkpoint folder atomically (temp folder + rename)."""
+    """Write a checkpoint folder so that it cannot be lost.
+
+    The files go to a temp folder; each is fsynced and read back (safetensors headers, the
+    state file with ``weights_only=True``, meta.json); then the old folder is renamed to
+    ``.<name>.old``, the new one into place, the parent fsynced, and the old one removed. At
+    every instant ``resolve_checkpoint`` finds a complete checkpoint: the new one, or the
+    previous one (as ``<name>`` or, inside the swap, ``.<name>.old``).
+
+    Raises:
+        UserError: a full disk or a read-only / forbidden folder; the previous checkpoint is
+            left as it was.
+    """
     folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    old = folder.parent / f".{folder.name}.old"
+    tmp = None
     try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
         save_file(_contiguous(model), str(tmp / MODEL_FILE))
         if teacher is not None:
             save_file(_contiguous(teacher), str(tmp / TEACHER_FILE))
@@ -58,18 +72,51 @@ def save_checkpoint(
         if state is not None:
             torch.save(state, tmp / STATE_FILE)
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
-        old = None
+        for path in tmp.iterdir():
+            fsync_file(path)
+        verify_checkpoint(tmp)
+        fsync_dir(tmp)
         if folder.exists():
-            old = folder.parent / f".{folder.name}.old"
             shutil.rmtree(old, ignore_errors=True)
-            os.replace(folder, old)
-        os.replace(tmp, folder)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+            os.replace(folder, old)  # from here until the next rename, .old is the checkpoint
+        try:
+            os.replace(tmp, folder)
+        except BaseException:
+            if old.exists() and not folder.exists():
+                os.replace(old, folder)  # put the previous one back
+            raise
+        tmp = None
+        fsync_dir(folder.parent)
+        shutil.rmtree(old, ignore_errors=True)
+    except OSError as exc:
+        error = write_error(exc, folder.parent, f"checkpoint {folder.name}")
+        if error is None:
+            raise
+        raise error from None
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
     return folder
+
+
+def verify_checkpoint(folder: Path) -> None:
+    """Read back what was written: every safetensors header, the state file, meta.json.
+
+    Raises:
+        UserError: a file does not read back (the checkpoint is not swapped in).
+    """
+    try:
+        for name in (MODEL_FILE, TEACHER_FILE, EXTRA_FILE):
+            if (folder / name).exists():
+                with safe_open(str(folder / name), framework="pt") as fh:
+                    list(fh.keys())
+        if (folder / STATE_FILE).exists():
+            torch.load(folder / STATE_FILE, map_location="cpu", weights_only=True, mmap=True)
+        json.loads((folder / META_FILE).read_text())
+    except (SafetensorError, RuntimeError, ValueError, EOFError) as exc:
+        first = (str(exc).splitlines() or [type(exc).__name__])[0][:160]
+        raise UserError(f"the checkpoint just written to {folder.parent} does not read back "
+                        f"({first})", "check the disk; the previous checkpoint is intact") from None
 
 
 def read_weights(path: Path) -> dict[str, torch.Tensor]:
@@ -158,6 +205,13 @@ class Checkpoint:
                             "weights still load for eval and export") from None
 
 
+def has_checkpoint(run_dir: Path, name: str = "last") -> bool:
+    """Whether a run directory holds a complete checkpoint ``name`` (or, from a run killed
+    inside a checkpoint swap, its ``.old``)."""
+    return any((Path(run_dir) / "checkpoints" / f / META_FILE).is_file()
+               for f in (name, f".{name}.old"))
+
+
 def resolve_checkpoint(path: Path, prefer: str = "last") -> Checkpoint:
     """A run directory (-> its ``checkpoints/<prefer>``), or a checkpoint folder itself."""
     path = Path(path)
@@ -167,13 +221,15 @@ def resolve_checkpoint(path: Path, prefer: str = "last") -> Checkpoint:
     if (path / META_FILE).is_file():
         return Checkpoint(path)
     for name in (prefer, "last"):
-        if (path / "checkpoints" / name / META_FILE).is_file():
-            return Checkpoint(path / "checkpoints" / name)
+        for folder in (name, f".{name}.old"):  # .old: a run killed inside a checkpoint swap
+            if (path / "checkpoints" / folder / META_FILE).is_file():
+                return Checkpoint(path / "checkpoints" / folder)
     rounds = sorted((p for p in path.glob("round*") if p.name[5:].isdigit()),
                     key=lambda p: int(p.name[5:]))
     for round_dir in reversed(rounds):  # a self-training run: its latest round
-        if (round_dir / "checkpoints" / "last" / META_FILE).is_file():
-            return Checkpoint(round_dir / "checkpoints" / "last")
+        for folder in ("last", ".last.old"):
+            if (round_dir / "checkpoints" / folder / META_FILE).is_file():
+                return Checkpoint(round_dir / "checkpoints" / folder)
     raise UserError(f"{path} holds no checkpoint (looked for checkpoints/{prefer})",
                     "train first, or give the checkpoint folder itself")
 

@@ -128,6 +128,8 @@ class TrainConfig(Section):
     log_every: int = Field(50, ge=1)
     eval_every: int = Field(2000, ge=0)  # 0: only at the end; target-val mIoU is reported, never used
     checkpoint_every: int = Field(1000, ge=1)
+    # also checkpoint when this many minutes passed since the last one (long steps); None: off
+    checkpoint_minutes: float | None = Field(None, gt=0)
     visual_every: int = Field(1000, ge=0)  # 0: no visual grids
 
 
@@ -202,6 +204,8 @@ class TranslatorConfig(Section):
     disc_channels: int = Field(32, ge=1)  # width of the first PatchGAN layer
     log_every: int = Field(50, ge=1)
     checkpoint_every: int = Field(1000, ge=1)
+    # also checkpoint when this many minutes passed since the last one (long steps); None: off
+    checkpoint_minutes: float | None = Field(None, gt=0)
     visual_every: int = Field(1000, ge=0)  # 0: no visual grids
 
     @field_validator("betas")

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from diga.checkpoint import load_model, resolve_checkpoint
+from diga.checkpoint import has_checkpoint, load_model, resolve_checkpoint
 from diga.config import Config, load_config
 from diga.errors import UserError
 from diga.io import atomic_write, atomic_write_json, atomic_write_text
@@ -68,7 +68,7 @@ def run_demo(out: Path, quick: bool = False, overrides: list[str] | None = None,
         metrics = finished_metrics(run_dir, cfg.train.steps)  # a resumed demo skips it
         if metrics is None:
             say(f"[{stage}] training {cfg.train.steps} steps -> {run_dir}")
-            partial = (run_dir / "checkpoints" / "last").is_dir()
+            partial = has_checkpoint(run_dir)
             metrics = timed(stage, lambda s=stage, d=run_dir, p=partial: train_stage(
                 cfg, s, d, resume=p, show_progress=show_progress).metrics)
         result.miou[stage] = metrics["target_val_miou"]

@@ -21,3 +21,14 @@ class UserError(Exception):
 
     def __str__(self) -> str:
         return f"{self.message}; {self.hint}" if self.hint else self.message
+
+
+class RunStopped(Exception):
+    """A run stopped on a signal after writing a checkpoint at the step it reached: the CLI
+    prints ``message`` as one line and exits with ``code`` (0 for SIGTERM, which schedulers
+    expect of a job that saved its state; 130 for Ctrl-C)."""
+
+    def __init__(self, message: str, code: int) -> None:
+        self.message = message
+        self.code = code
+        super().__init__(message)

@@ -1,29 +1,96 @@
-"""Atomic file writes: a temp file in the same folder, then a rename.
+"""Atomic, durable file writes: a temp file in the same folder, fsynced, then a rename, then
+the folder fsynced.
 
-A killed process leaves either the old file or the new one, never half of one.
+A killed process (or a power cut) leaves either the old file or the new one, never half of
+one. A write that fails for a full disk or a read-only / forbidden folder becomes one
+``UserError`` naming the folder and its free space; the old file is untouched.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from diga.errors import UserError
+
+DISK_ERRORS = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded",
+               errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied",
+               errno.EPERM: "permission denied"}
+
+
+def write_error(exc: OSError, folder: Path, what: str) -> UserError | None:
+    """A full disk or a read-only / forbidden folder as one ``UserError`` (None otherwise)."""
+    why = DISK_ERRORS.get(exc.errno or 0)
+    if why is None:
+        return None
+    try:
+        free = f"{shutil.disk_usage(_existing(folder)).free / 2**30:.2f} GiB free there"
+    except OSError:
+        free = "free space unknown"
+    return UserError(f"cannot write {what} in {folder}: {why} ({free})",
+                     "free space or fix the folder's permissions, or write elsewhere (--out); "
+                     "what was there before is intact")
+
+
+def _existing(folder: Path) -> Path:
+    folder = Path(folder).absolute()
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    return folder
+
+
+def fsync_file(path: Path) -> None:
+    with open(path, "rb") as fh:
+        os.fsync(fh.fileno())
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a folder's entries (a rename into it) durable; a no-op where folders cannot be
+    opened (Windows)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some file systems refuse fsync on folders: the rename itself is still atomic
+    finally:
+        os.close(fd)
+
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Call ``write(tmp_path)``, then rename the temp file over ``path``."""
+    """Call ``write(tmp_path)``, fsync it, rename it over ``path``, fsync the folder.
+
+    Raises:
+        UserError: a full disk, a read-only or forbidden folder (``write_error``).
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
         write(Path(tmp))
+        fsync_file(Path(tmp))
         os.replace(tmp, path)
+        fsync_dir(path.parent)
+    except OSError as exc:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        error = write_error(exc, path.parent, path.name)
+        if error is None:
+            raise
+        raise error from None
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
         raise
 
 
@@ -37,6 +104,28 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def truncate_jsonl(path: Path, last_step: int) -> int:
+    """Keep the lines of a ``metrics.jsonl`` up to ``last_step`` (a resumed run replays the
+    steps after its checkpoint; a torn last line goes too); returns how many were dropped."""
+    path = Path(path)
+    if not path.is_file():
+        return 0
+    kept, dropped = [], 0
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            dropped += 1
+            continue
+        if int(record.get("step", 0)) <= last_step:
+            kept.append(line)
+        else:
+            dropped += 1
+    if dropped:
+        atomic_write_text(path, "".join(f"{line}\n" for line in kept))
+    return dropped
 
 
 def append_jsonl(path: Path, obj: dict[str, Any]) -> None:

@@ -69,6 +69,17 @@ class Distributed:
         return {k: sum(d[k] for d in gathered if k in d) / sum(k in d for d in gathered)
                 for k in keys}
 
+    def any_rank(self, *flags: bool) -> tuple[bool, ...]:
+        """Each flag true on any rank (one small all-reduce): ranks decide together, e.g. to
+        stop or checkpoint at the same step. Unchanged for one process."""
+        if not self.enabled:
+            return tuple(flags)
+        backend = dist.get_backend()
+        device = torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else "cpu"
+        values = torch.tensor([float(f) for f in flags], device=device)
+        dist.all_reduce(values, op=dist.ReduceOp.MAX)
+        return tuple(bool(v) for v in values.tolist())
+
     def shard(self, count: int) -> list[int]:
         """This rank's items of ``range(count)``: every item on exactly one rank."""
         return list(range(self.rank, count, self.world_size))
@@ -223,10 +234,12 @@ def restore_rng(state: dict[str, Any], ctx: Distributed, mix_gen: torch.Generato
 # ---------------------------------------------------------------- the launcher
 
 
-def torchrun_command(nproc: int, args: list[str]) -> list[str]:
-    """``python -m torch.distributed.run --standalone --nproc_per_node N -m diga.cli.app ARGS``."""
+def torchrun_command(nproc: int, args: list[str], max_restarts: int = 0) -> list[str]:
+    """``python -m torch.distributed.run --standalone --nproc_per_node N [--max-restarts R]
+    -m diga.cli.app ARGS``."""
+    restarts = [f"--max-restarts={max_restarts}"] if max_restarts else []
     return [sys.executable, "-m", "torch.distributed.run", "--standalone",
-            f"--nproc_per_node={nproc}", "-m", "diga.cli.app", *args]
+            f"--nproc_per_node={nproc}", *restarts, "-m", "diga.cli.app", *args]
 
 
 def check_devices(nproc: int, run: RunConfig) -> str:

@@ -20,8 +20,8 @@ from diga.checkpoint import Checkpoint, resolve_checkpoint, save_checkpoint
 from diga.config import Config, check_data_paths, save_config
 from diga.data.classes import class_protocol
 from diga.data.datasets import build_dataset, infinite_loader, normalize
-from diga.errors import UserError
-from diga.io import append_jsonl
+from diga.errors import RunStopped, UserError
+from diga.io import append_jsonl, truncate_jsonl
 from diga.method import (
     EMATeacher,
     PhotometricAugment,
@@ -47,6 +47,7 @@ from diga.train.distributed import (
 from diga.train.evaluate import evaluate
 from diga.train.optim import build_optimizer, poly_lr, set_lr
 from diga.train.progress import StepProgress
+from diga.train.signals import EXIT_CODES, StopOnSignal
 from diga.train.speed import Precision, maybe_compile, to_memory_format
 from diga.train.translate import build_translator
 from diga.train.visuals import save_grid
@@ -164,6 +165,8 @@ def train_stage(cfg: Config, stage: str, run_dir: Path, resume: bool = False,
         start = int(state["step"])
     elif dist.is_main:
         save_config(cfg, run_dir / "config.yaml")
+    if dist.is_main:  # the steps after the checkpoint are trained again: one history
+        truncate_jsonl(run_dir / "metrics.jsonl", start)
     # Each rank reads positions rank, rank + W, ... of the global stream: together one batch.
     source_iter = infinite_loader(source, batch, cfg.run.seed, start, cfg.data.num_workers,
                                   dist.rank, dist.world_size)
@@ -192,12 +195,10 @@ def train_stage(cfg: Config, stage: str, run_dir: Path, resume: bool = False,
             )
         dist.barrier()  # nobody reads the run (next round, resume) before it is written
 
-    student.train()
-    if teacher is not None:
-        teacher.model.train()  # same mode as the student: with model.freeze_bn, frozen BN too
-    progress = StepProgress(stage, steps, start, enabled=show_progress and dist.is_main)
-    tic = time.perf_counter()
-    for step in range(start, steps):
+
+    def train_step(step: int) -> int:
+        """One optimisation step; returns the number of steps done."""
+        nonlocal centroids
         lr = poly_lr(cfg.train.optim.lr, step, steps, cfg.train.optim.poly_power)
         set_lr(optimizer, lr)
         sb = next(source_iter)
@@ -325,17 +326,51 @@ def train_stage(cfg: Config, stage: str, run_dir: Path, resume: bool = False,
             m = evaluate(student, target_val, cfg, device)  # images sharded over the ranks
             if dist.is_main:
                 append_jsonl(run_dir / "metrics.jsonl", {"step": done, **_val_metrics(m, brief=True)})
-        if done % cfg.train.checkpoint_every == 0 and done != steps:
-            checkpoint(done, {})
-    progress.close()
+        return done
 
-    # Target-val mIoU is reported, never used to pick a checkpoint: the last one is the model.
-    final = evaluate(student, target_val, cfg, device) if target_val.has_labels else None
-    metrics = _val_metrics(final) if final else {}
-    if dist.is_main:
-        append_jsonl(run_dir / "metrics.jsonl", {"step": steps, "final": True, **metrics})
-    checkpoint(steps, metrics)
+    student.train()
+    if teacher is not None:
+        teacher.model.train()  # same mode as the student: with model.freeze_bn, frozen BN too
+    progress = StepProgress(stage, steps, start, enabled=show_progress and dist.is_main)
+    tic = last_checkpoint = time.perf_counter()
+    with StopOnSignal() as stop:
+        for step in range(start, steps):
+            done = train_step(step)
+            # SIGTERM / Ctrl-C, or train.checkpoint_minutes: every rank at the same step
+            due = (cfg.train.checkpoint_minutes is not None and
+                   time.perf_counter() - last_checkpoint >= 60 * cfg.train.checkpoint_minutes)
+            halt, due = dist.any_rank(stop.requested is not None, due)
+            if done == steps:
+                break
+            if halt or due or done % cfg.train.checkpoint_every == 0:
+                checkpoint(done, {})
+                last_checkpoint = time.perf_counter()
+            if halt:
+                progress.close()
+                raise _stopped(stop.requested or "SIGTERM", stage, done, steps, run_dir)
+        progress.close()
+
+        # Target-val mIoU is reported, never used to pick a checkpoint: the last one is the model.
+        final = evaluate(student, target_val, cfg, device) if target_val.has_labels else None
+        metrics = _val_metrics(final) if final else {}
+        if dist.is_main:
+            append_jsonl(run_dir / "metrics.jsonl", {"step": steps, "final": True, **metrics})
+        checkpoint(steps, metrics)
+        if dist.any_rank(stop.requested is not None)[0]:  # signalled in the last step: it is
+            raise _stopped(stop.requested or "SIGTERM", stage, steps, steps, run_dir)  # done
     return StageResult(run_dir, steps, metrics)
+
+
+def _stopped(signal_name: str, stage: str, step: int, steps: int, run_dir: Path) -> RunStopped:
+    """The one line a stopped run prints: where its checkpoint is and how to go on."""
+    import shlex
+    import sys
+
+    argv = [a for a in sys.argv[1:] if a not in ("--resume", "--auto-resume")]
+    command = "diga " + " ".join(shlex.quote(a) for a in argv) if argv else f"diga train {stage}"
+    return RunStopped(f"stopped by {signal_name} at step {step}/{steps} of {stage}: checkpoint "
+                      f"{run_dir / 'checkpoints' / 'last'}; go on with: {command} --resume",
+                      EXIT_CODES.get(signal_name, 0))
 
 
 def _val_metrics(metrics: SegMetrics, brief: bool = False) -> dict[str, Any]:

@@ -7,7 +7,7 @@ from typing import Any
 
 from rich.console import Console
 
-from diga.checkpoint import Checkpoint, load_model, resolve_checkpoint
+from diga.checkpoint import Checkpoint, has_checkpoint, load_model, resolve_checkpoint
 from diga.config import Config, config_from_dict
 from diga.data.datasets import build_dataset
 from diga.data.pseudo_labels import MANIFEST, StaleInputError, check_manifest, inputs_provenance
@@ -29,11 +29,20 @@ def default_run_dir(stage: str, root: Path = Path("runs")) -> Path:
     return path
 
 
-def prepare_run_dir(path: Path, resume: bool, stage: str) -> None:
+# what a run killed before its first checkpoint leaves: ``--auto-resume`` starts it afresh
+BEFORE_FIRST_CHECKPOINT = {"config.yaml", "metrics.jsonl", "visuals", "checkpoints"}
+
+
+def prepare_run_dir(path: Path, resume: bool, stage: str, fresh_ok: bool = False) -> None:
+    """Check the run directory: a resumable run of ``stage``, or empty / new (``fresh_ok``:
+    also the remains of a run of this stage killed before its first checkpoint)."""
     if path.exists() and not path.is_dir():
         raise UserError(f"output path {path} exists and is a file", "choose a folder with --out")
     if resume:
         check_resumable(path, stage)
+    elif fresh_ok and path.is_dir() and {p.name for p in path.iterdir()} <= BEFORE_FIRST_CHECKPOINT \
+            and not has_checkpoint(path):
+        return
     elif path.is_dir() and any(path.iterdir()):
         raise UserError(f"run directory {path} already exists and is not empty",
                         "pass --resume to continue it, or choose another --out")
@@ -117,7 +126,7 @@ def _check_same_model(cfg: Config, ckpt: Checkpoint) -> None:
 
 def finished_metrics(run_dir: Path, steps: int) -> dict[str, Any] | None:
     """The final metrics of a run that reached ``steps`` (to skip it when rerun), else None."""
-    if not (run_dir / "checkpoints" / "last").is_dir():
+    if not has_checkpoint(run_dir):
         return None
     ckpt = resolve_checkpoint(run_dir)
     return ckpt.meta.get("metrics", {}) if ckpt.step >= steps else None
@@ -147,7 +156,7 @@ def run_selftrain(cfg: Config, init: Path, out: Path, resume: bool = False,
         pseudo_dir = ensure_pseudo_labels(cfg, init_dir, device, not show_progress, regenerate)
         centroids = ensure_centroids(cfg, init_dir, device, not show_progress, regenerate)
         inputs = SelftrainInputs(resolve_checkpoint(init_dir), pseudo_dir, centroids)
-        resuming = resume and (round_dir / "checkpoints" / "last").is_dir()
+        resuming = resume and has_checkpoint(round_dir)
         results.append(train_stage(cfg, "selftrain", round_dir, resume=resuming,
                                    selftrain=inputs, show_progress=show_progress))
     return results

@@ -1,0 +1,47 @@
+"""SIGTERM and Ctrl-C during training: finish the step, checkpoint it, stop cleanly.
+
+``StopOnSignal`` replaces the SIGTERM and SIGINT handlers while a stage trains. The first
+signal only records itself; the training loop looks at ``requested`` after each step (under
+torchrun every rank agrees on the same step, ``Distributed.any_rank``), writes a checkpoint as
+a periodic one and raises ``RunStopped``. A second Ctrl-C more than a second after the first
+stops at once (``KeyboardInterrupt``); copies of one Ctrl-C that arrive together (the terminal
+signals the whole process group, and torchrun forwards it too) count as one.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from types import FrameType
+
+EXIT_CODES = {"SIGTERM": 0, "SIGINT": 130}
+REPEAT_S = 1.0  # a second SIGINT within this time is the same Ctrl-C, delivered twice
+
+
+class StopOnSignal:
+    """Context manager: record SIGTERM / SIGINT instead of dying mid-step."""
+
+    def __init__(self) -> None:
+        self.requested: str | None = None
+        self._at = 0.0
+        self._previous: dict[int, object] = {}
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        name = signal.Signals(signum).name
+        now = time.monotonic()
+        if self.requested == "SIGINT" and name == "SIGINT" and now - self._at > REPEAT_S:
+            raise KeyboardInterrupt  # the second Ctrl-C: stop now, without a checkpoint
+        if self.requested is None:
+            self.requested, self._at = name, now
+
+    def __enter__(self) -> StopOnSignal:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)  # type: ignore[arg-type]
+        self._previous.clear()
