@@ -217,3 +217,20 @@ def test_auto_resume_starts_fresh_then_resumes(tmp_path):
     assert again.exit_code == 0, again.output  # the same command line: resumes
     assert resolve_checkpoint(run).step == 6
     assert steps_logged(run) == list(range(1, 7))
+
+
+def test_sigterm_stops_the_translator_at_its_step(tmp_path, start):
+    run = tmp_path / "translator"
+    args = ["train", "translator", "demo", "data.builtin.size=32x64", "data.num_workers=0",
+            "data.builtin.source_train=8", "data.builtin.target_train=8", "run.device=cpu",
+            "translator.steps=400", "translator.batch_size=2", "translator.crop=32x64",
+            "translator.gen_channels=4", "translator.gen_blocks=1", "translator.disc_channels=4",
+            "translator.log_every=1", "translator.checkpoint_every=1000",
+            "translator.visual_every=0", "--out", str(run), "-q"]
+    proc = start(args)
+    wait_for(lambda: len(steps_logged(run)) >= 5)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert "of translator" in stopped_line(err)
+    assert Checkpoint(run / "checkpoints" / "last").step == steps_logged(run)[-1]

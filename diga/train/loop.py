@@ -20,7 +20,7 @@ from diga.checkpoint import Checkpoint, resolve_checkpoint, save_checkpoint
 from diga.config import Config, check_data_paths, save_config
 from diga.data.classes import class_protocol
 from diga.data.datasets import build_dataset, infinite_loader, normalize
-from diga.errors import RunStopped, UserError
+from diga.errors import UserError
 from diga.io import append_jsonl, truncate_jsonl
 from diga.method import (
     EMATeacher,
@@ -47,7 +47,7 @@ from diga.train.distributed import (
 from diga.train.evaluate import evaluate
 from diga.train.optim import build_optimizer, poly_lr, set_lr
 from diga.train.progress import StepProgress
-from diga.train.signals import EXIT_CODES, StopOnSignal
+from diga.train.signals import StopOnSignal, run_stopped
 from diga.train.speed import Precision, maybe_compile, to_memory_format
 from diga.train.translate import build_translator
 from diga.train.visuals import save_grid
@@ -347,7 +347,7 @@ def train_stage(cfg: Config, stage: str, run_dir: Path, resume: bool = False,
                 last_checkpoint = time.perf_counter()
             if halt:
                 progress.close()
-                raise _stopped(stop.requested or "SIGTERM", stage, done, steps, run_dir)
+                raise run_stopped(stop.requested or "SIGTERM", stage, done, steps, run_dir)
         progress.close()
 
         # Target-val mIoU is reported, never used to pick a checkpoint: the last one is the model.
@@ -357,20 +357,8 @@ def train_stage(cfg: Config, stage: str, run_dir: Path, resume: bool = False,
             append_jsonl(run_dir / "metrics.jsonl", {"step": steps, "final": True, **metrics})
         checkpoint(steps, metrics)
         if dist.any_rank(stop.requested is not None)[0]:  # signalled in the last step: it is
-            raise _stopped(stop.requested or "SIGTERM", stage, steps, steps, run_dir)  # done
+            raise run_stopped(stop.requested or "SIGTERM", stage, steps, steps, run_dir)  # done
     return StageResult(run_dir, steps, metrics)
-
-
-def _stopped(signal_name: str, stage: str, step: int, steps: int, run_dir: Path) -> RunStopped:
-    """The one line a stopped run prints: where its checkpoint is and how to go on."""
-    import shlex
-    import sys
-
-    argv = [a for a in sys.argv[1:] if a not in ("--resume", "--auto-resume")]
-    command = "diga " + " ".join(shlex.quote(a) for a in argv) if argv else f"diga train {stage}"
-    return RunStopped(f"stopped by {signal_name} at step {step}/{steps} of {stage}: checkpoint "
-                      f"{run_dir / 'checkpoints' / 'last'}; go on with: {command} --resume",
-                      EXIT_CODES.get(signal_name, 0))
 
 
 def _val_metrics(metrics: SegMetrics, brief: bool = False) -> dict[str, Any]:

@@ -10,10 +10,15 @@ signals the whole process group, and torchrun forwards it too) count as one.
 
 from __future__ import annotations
 
+import shlex
 import signal
+import sys
 import threading
 import time
+from pathlib import Path
 from types import FrameType
+
+from diga.errors import RunStopped
 
 EXIT_CODES = {"SIGTERM": 0, "SIGINT": 130}
 REPEAT_S = 1.0  # a second SIGINT within this time is the same Ctrl-C, delivered twice
@@ -45,3 +50,12 @@ class StopOnSignal:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)  # type: ignore[arg-type]
         self._previous.clear()
+
+
+def run_stopped(signal_name: str, stage: str, step: int, steps: int, run_dir: Path) -> RunStopped:
+    """The one line a stopped run prints: where its checkpoint is and the command to go on."""
+    argv = [a for a in sys.argv[1:] if a not in ("--resume", "--auto-resume")]
+    command = "diga " + " ".join(shlex.quote(a) for a in argv) if argv else f"diga train {stage}"
+    return RunStopped(f"stopped by {signal_name} at step {step}/{steps} of {stage}: checkpoint "
+                      f"{Path(run_dir) / 'checkpoints' / 'last'}; go on with: {command} --resume",
+                      EXIT_CODES.get(signal_name, 0))

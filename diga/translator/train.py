@@ -31,9 +31,10 @@ from diga.data.classes import class_protocol
 from diga.data.datasets import build_dataset, infinite_loader
 from diga.device import select_device
 from diga.errors import UserError
-from diga.io import append_jsonl, atomic_write_json
+from diga.io import append_jsonl, atomic_write_json, truncate_jsonl
 from diga.train.loop import StageResult, check_resumable, seed_everything
 from diga.train.progress import StepProgress
+from diga.train.signals import StopOnSignal, run_stopped
 from diga.train.visuals import save_grid
 from diga.translator.losses import (
     PerceptualLoss,
@@ -144,6 +145,7 @@ def train_translator(cfg: Config, run_dir: Path, resume: bool = False,
     else:
         save_config(cfg, run_dir / "config.yaml")
         atomic_write_json(run_dir / SPEC_FILE, _spec_json(spec))
+    truncate_jsonl(run_dir / "metrics.jsonl", start)  # the replayed steps appear once
     source_iter = infinite_loader(source, batch, cfg.run.seed, start, cfg.data.num_workers)
     target_iter = infinite_loader(target, batch, cfg.run.seed + 7, start, cfg.data.num_workers)
 
@@ -159,12 +161,11 @@ def train_translator(cfg: Config, run_dir: Path, resume: bool = False,
         )
         atomic_write_json(folder / SPEC_FILE, _spec_json(spec))  # next to model.safetensors
 
-    for net in (g_st, g_ts, d_t, d_s):
-        net.train()
-    progress = StepProgress(STAGE, steps, start, enabled=show_progress)
     log: dict[str, float] = {}
-    tic = time.perf_counter()
-    for step in range(start, steps):
+
+    def translator_step(step: int) -> int:
+        """One generator and one discriminator update; returns the number of steps done."""
+        nonlocal log
         lr = linear_decay_lr(tcfg.lr, step, steps, tcfg.decay_start)
         for group in chain(opt_g.param_groups, opt_d.param_groups):
             group["lr"] = lr
@@ -221,6 +222,19 @@ def train_translator(cfg: Config, run_dir: Path, resume: bool = False,
                        "target": x_t, "label": y_s}, protocol.palette)
         if done % tcfg.checkpoint_every == 0 and done != steps:
             checkpoint(done, {})
+        return done
+
+    for net in (g_st, g_ts, d_t, d_s):
+        net.train()
+    progress = StepProgress(STAGE, steps, start, enabled=show_progress)
+    tic = time.perf_counter()
+    with StopOnSignal() as stop:
+        for step in range(start, steps):
+            done = translator_step(step)
+            if stop.requested and done != steps:  # SIGTERM / Ctrl-C: keep the step reached
+                checkpoint(done, {})
+                progress.close()
+                raise run_stopped(stop.requested, STAGE, done, steps, run_dir)
     progress.close()
 
     metrics = {f"final_{k}": v for k, v in log.items()}
