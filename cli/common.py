@@ -61,12 +61,7 @@ def launch_on_devices(devices: int, run, args: list[str], max_restarts: int = 0)
     where = check_devices(devices, run)
     err_console.print(f"torchrun: {where}" + (f", up to {max_restarts} restarts" if max_restarts
                                                else ""), highlight=False)
-    env = dict(os.environ)
-    if max_restarts and "gloo" in where:
-        # gloo connects its full mesh at init with few retries; after a restart the ranks start
-        # apart and the first connect is refused (seen with torch 2.14): connect on first use
-        env.setdefault("TORCH_GLOO_LAZY_INIT", "1")
-    proc = subprocess.Popen(torchrun_command(devices, args, max_restarts), env=env)
+    proc = subprocess.Popen(torchrun_command(devices, args, max_restarts))
     received: list[str] = []
 
     def forward(signum: int, frame: object) -> None:

@@ -141,8 +141,28 @@ def init_distributed(run: RunConfig) -> tuple[Distributed, torch.device]:
         raise UserError("run.backend=nccl but this PyTorch build has no NCCL",
                         "use run.backend=gloo, or a CUDA build of PyTorch")
     if not dist.is_initialized():
-        dist.init_process_group(backend=backend)
+        restart = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+        if restart:
+            dist.init_process_group(backend=backend, store=_restart_store(restart),
+                                    rank=int(os.environ["RANK"]),
+                                    world_size=int(os.environ["WORLD_SIZE"]))
+        else:
+            dist.init_process_group(backend=backend)
     return current(), device
+
+
+def _restart_store(restart: int) -> dist.Store:
+    """The rendezvous store of a torchrun restart, under a prefix of its own: the agent's store
+    outlives the processes it restarts, and ranks of a restarted job that read the previous
+    attempt's addresses (seen with torch 2.14 and gloo) connect to dead processes."""
+    from datetime import timedelta
+
+    agent = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]),
+                          int(os.environ["WORLD_SIZE"]),
+                          is_master=not agent and int(os.environ["RANK"]) == 0,
+                          timeout=timedelta(minutes=10), multi_tenant=not agent)
+    return dist.PrefixStore(f"diga/restart_{restart}", store)
 
 
 def destroy_distributed() -> None:
