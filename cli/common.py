@@ -67,10 +67,8 @@ def launch_on_devices(devices: int, run, args: list[str], max_restarts: int = 0)
     def forward(signum: int, frame: object) -> None:
         received.append(signal.Signals(signum).name)
         for pid in child_pids(proc.pid) or [proc.pid]:  # the workers, so torchrun ends cleanly
-            try:
+            with contextlib.suppress(ProcessLookupError):  # it ended meanwhile
                 os.kill(pid, signum)
-            except ProcessLookupError:
-                pass
 
     previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:

@@ -70,13 +70,13 @@ def output_classes(names: tuple[str, ...], palette: np.ndarray, classes: list[st
     own = f"labels: the model's own {len(names)}-class train ids"
     if not requested:
         return None, palette, own
-    protocol = plan_scoring(names, class_protocol(requested[0]), requested, requested[0],
-                            where).protocols[0]
+    scoring = plan_scoring(names, class_protocol(requested[0]), requested, requested[0], where)
+    protocol = scoring.protocols[0]
     if protocol.names == names:  # its own protocol, or one with classes it does not predict
         return None, palette, own + ("" if protocol.num_classes == requested[0] else
                                      f" (it has no {requested[0]}-class protocol's full set)")
-    lut = np.array([protocol.names.index(c) if c in protocol.names else IGNORE_INDEX
-                    for c in names], np.uint8)
+    outside = scoring.pred_lut == protocol.num_classes  # a class of no id in the protocol
+    lut = np.where(outside, IGNORE_INDEX, scoring.pred_lut).astype(np.uint8)
     others = [c for c in names if c not in protocol.names]
     return lut, protocol.palette, (f"labels: {protocol.num_classes}-class train ids, mapped by "
                                    f"class name from the model's {len(names)} ({', '.join(others)}"

@@ -158,7 +158,7 @@ def selftrain(
     from diga.config import save_config
     from diga.errors import UserError
     from diga.train.distributed import destroy_distributed, init_distributed
-    from diga.train.stages import default_run_dir, run_selftrain
+    from diga.train.stages import default_run_dir, prepare_run_dir, run_selftrain
 
     auto = auto_resume or max_restarts > 0
     resume = _auto(out, resume, auto_resume, max_restarts)
@@ -173,10 +173,8 @@ def selftrain(
         raise UserError("self-training needs a warm-up run to start from",
                         "pass --init runs/warmup (or selftrain.init=...)")
     run_dir = out or default_run_dir("selftrain")
-    if not resume and run_dir.is_dir() and any(run_dir.iterdir()) and not (
-            auto and {p.name for p in run_dir.iterdir()} <= {"config.yaml"}):
-        raise UserError(f"run directory {run_dir} already exists and is not empty",
-                        "pass --resume to continue it, or choose another --out")
+    if not resume:
+        prepare_run_dir(run_dir, False, "selftrain", fresh_ok=auto)
     if devices is not None and devices > 1:
         _check_before_launch(cfg, devices, "selftrain")
         extra = ["--init", str(cfg.selftrain.init), "--rounds", str(cfg.selftrain.rounds),

@@ -24,7 +24,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from diga.errors import UserError
-from diga.io import fsync_dir, fsync_file, write_error
+from diga.io import file_sha256, fsync_dir, fsync_file, write_error
 
 MODEL_FILE = "model.safetensors"
 TEACHER_FILE = "teacher.safetensors"
@@ -167,13 +167,7 @@ class Checkpoint:
         the folder, stage and step, and a hash of the student weights that tells two models
         apart even where folder and step agree."""
         if not hasattr(self, "_weights_sha256"):
-            import hashlib
-
-            digest = hashlib.sha256()
-            with open(self.folder / MODEL_FILE, "rb") as fh:
-                for block in iter(lambda: fh.read(1 << 22), b""):
-                    digest.update(block)
-            self._weights_sha256 = digest.hexdigest()[:16]
+            self._weights_sha256 = file_sha256(self.folder / MODEL_FILE)[:16]
         return {"folder": str(self.folder), "stage": self.meta.get("stage"), "step": self.step,
                 "config_hash": self.meta.get("config_hash"), "weights": self._weights_sha256}
 
@@ -205,11 +199,18 @@ class Checkpoint:
                             "weights still load for eval and export") from None
 
 
+def _complete(checkpoints: Path, name: str) -> Path | None:
+    """``checkpoints/<name>``, or its ``.<name>.old`` (a run killed inside a checkpoint swap),
+    whichever holds a complete checkpoint; None when neither does."""
+    for folder in (checkpoints / name, checkpoints / f".{name}.old"):
+        if (folder / META_FILE).is_file():
+            return folder
+    return None
+
+
 def has_checkpoint(run_dir: Path, name: str = "last") -> bool:
-    """Whether a run directory holds a complete checkpoint ``name`` (or, from a run killed
-    inside a checkpoint swap, its ``.old``)."""
-    return any((Path(run_dir) / "checkpoints" / f / META_FILE).is_file()
-               for f in (name, f".{name}.old"))
+    """Whether a run directory holds a complete checkpoint ``name`` (or its ``.old``)."""
+    return _complete(Path(run_dir) / "checkpoints", name) is not None
 
 
 def resolve_checkpoint(path: Path, prefer: str = "last") -> Checkpoint:
@@ -221,15 +222,15 @@ def resolve_checkpoint(path: Path, prefer: str = "last") -> Checkpoint:
     if (path / META_FILE).is_file():
         return Checkpoint(path)
     for name in (prefer, "last"):
-        for folder in (name, f".{name}.old"):  # .old: a run killed inside a checkpoint swap
-            if (path / "checkpoints" / folder / META_FILE).is_file():
-                return Checkpoint(path / "checkpoints" / folder)
+        found = _complete(path / "checkpoints", name)
+        if found is not None:
+            return Checkpoint(found)
     rounds = sorted((p for p in path.glob("round*") if p.name[5:].isdigit()),
                     key=lambda p: int(p.name[5:]))
     for round_dir in reversed(rounds):  # a self-training run: its latest round
-        for folder in ("last", ".last.old"):
-            if (round_dir / "checkpoints" / folder / META_FILE).is_file():
-                return Checkpoint(round_dir / "checkpoints" / folder)
+        found = _complete(round_dir / "checkpoints", "last")
+        if found is not None:
+            return Checkpoint(found)
     raise UserError(f"{path} holds no checkpoint (looked for checkpoints/{prefer})",
                     "train first, or give the checkpoint folder itself")
 

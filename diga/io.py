@@ -8,7 +8,9 @@ one. A write that fails for a full disk or a read-only / forbidden folder become
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import hashlib
 import json
 import os
 import shutil
@@ -45,6 +47,15 @@ def _existing(folder: Path) -> Path:
     return folder
 
 
+def file_sha256(path: Path) -> str:
+    """Hex sha256 of a file, read in blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def fsync_file(path: Path) -> None:
     with open(path, "rb") as fh:
         os.fsync(fh.fileno())
@@ -57,12 +68,10 @@ def fsync_dir(path: Path) -> None:
         fd = os.open(path, os.O_RDONLY)
     except OSError:
         return
-    try:
+    # some file systems refuse fsync on folders: the rename itself is still atomic there
+    with contextlib.suppress(OSError):
         os.fsync(fd)
-    except OSError:
-        pass  # some file systems refuse fsync on folders: the rename itself is still atomic
-    finally:
-        os.close(fd)
+    os.close(fd)
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
@@ -82,16 +91,13 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
         os.replace(tmp, path)
         fsync_dir(path.parent)
     except OSError as exc:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
         error = write_error(exc, path.parent, path.name)
         if error is None:
             raise
         raise error from None
-    except BaseException:
+    finally:
         if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
-        raise
+            Path(tmp).unlink(missing_ok=True)  # gone already once renamed
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

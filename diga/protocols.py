@@ -29,6 +29,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -97,14 +98,14 @@ class Scoring:
         """Side of the confusion matrix: the common protocol's classes and 'none of them'."""
         return self.common.num_classes + 1
 
-    @property
+    @cached_property
     def pred_lut(self) -> np.ndarray:
         """(M,) int64: model class id -> common protocol id, or ``common.num_classes``."""
         names = self.common.names
         return np.array([names.index(c) if c in names else len(names) for c in self.model_names],
                         np.int64)
 
-    @property
+    @cached_property
     def label_lut(self) -> np.ndarray:
         """(256,) int64: label train id -> common protocol id, or 255."""
         names = self.common.names

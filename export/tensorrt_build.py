@@ -26,7 +26,7 @@ from typing import Any
 
 from diga.config import ExportConfig
 from diga.errors import UserError
-from diga.io import atomic_write_bytes, atomic_write_json
+from diga.io import atomic_write_bytes, atomic_write_json, file_sha256
 from diga.runtime.metadata import ModelInfo
 from diga.runtime.segmenter import engine_sidecar
 from diga.runtime.tensorrt_engine import gpu_identity, import_tensorrt, require_gpu
@@ -125,16 +125,6 @@ def check_trt_source(onnx_path: Path, precision: str) -> None:
         if np.any(values != 0):
             raise UserError(f"{onnx_path.name}: {node.op_type} '{node.name}' has a zero point that "
                             "is not 0; TensorRT takes symmetric int8 Q/DQ only", hint)
-
-
-def file_sha256(path: Path) -> str:
-    import hashlib
-
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def build_engine(onnx_path: Path, engine_path: Path, info: ModelInfo, export: ExportConfig,

@@ -11,6 +11,7 @@ TensorRT or a GPU the caller gets one ``UserError``.
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -70,15 +71,14 @@ def require_gpu(what: str) -> None:
 
 def gpu_identity() -> dict[str, Any]:
     """``{"gpu": name, "compute_capability": "9.0"}`` of device 0 (values None where unknown)."""
-    try:
+    # cuda-python first; where it is missing or sees no device, pycuda
+    with contextlib.suppress(Exception):
         from cuda.bindings import runtime as cudart
 
         err, props = cudart.cudaGetDeviceProperties(0)
         if int(err) == 0:
             name = props.name.decode(errors="replace") if isinstance(props.name, bytes) else str(props.name)
             return {"gpu": name.strip("\x00 "), "compute_capability": f"{props.major}.{props.minor}"}
-    except Exception:  # noqa: BLE001  (cuda-python missing or no device: try pycuda)
-        pass
     try:
         import pycuda.driver as cuda
 
