@@ -219,6 +219,7 @@ class TranslatorConfig(Section):
 class SelftrainConfig(Section):
     init: Path | None = None  # the warm-up run to start from
     beta: float = Field(0.3, ge=0, le=1)
+    ce_weight: float = Field(1.0, ge=0)  # weight of CE(S(x_s), y_s)
     kd_weight: float = Field(0.25, ge=0)
     mix_weight: float = Field(1.0, ge=0)  # weight of CE(S(x_cm), y_cm)
     centroid_momentum: float = Field(1e-4, ge=0, le=1)

@@ -235,15 +235,21 @@ def build_dataset(cfg: Config, domain: str, split: str, train: bool, native: boo
 
 
 def infinite_loader(dataset: SegDataset, batch_size: int, seed: int, start_step: int,
-                    num_workers: int, rank: int = 0, world_size: int = 1) -> Iterator[dict]:
-    """Batches forever, resumable at ``start_step``; ``batch_size`` is per rank."""
+                    num_workers: int, rank: int = 0, world_size: int = 1,
+                    device: torch.device | None = None) -> Iterator[dict]:
+    """Batches forever, resumable at ``start_step``; ``batch_size`` is per rank.
+
+    For a CUDA ``device`` the batches come in pinned memory, so that copies with
+    ``non_blocking=True`` overlap with the step instead of waiting for it.
+    """
     if num_workers > 0:
         warm_builtin_cache(dataset)
     sampler = InfiniteSampler(len(dataset), seed, start=start_step * batch_size * world_size,
                               rank=rank, world_size=world_size)
+    cuda = device is not None and torch.device(device).type == "cuda"
     loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
                         drop_last=True, persistent_workers=num_workers > 0,
-                        prefetch_factor=4 if num_workers > 0 else None)
+                        prefetch_factor=4 if num_workers > 0 else None, pin_memory=cuda)
     return iter(loader)
 
 

@@ -59,8 +59,8 @@ class EMATeacher:
             )
         torch._foreach_mul_(t_params, a)
         torch._foreach_add_(t_params, s_params, alpha=1.0 - a)
-        for t, s in zip(t_bufs, s_bufs, strict=True):
-            t.copy_(s)
+        if t_bufs:
+            torch._foreach_copy_(t_bufs, s_bufs)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.model(*args, **kwargs)

@@ -183,21 +183,30 @@ def check_world(ctx: Distributed, run: RunConfig, global_batch: int, device: tor
                         "on the CPU use run.sync_bn=false (per-rank statistics) or model.freeze_bn=true")
 
 
-def parallelize(student: nn.Module, ctx: Distributed, run: RunConfig,
-                device: torch.device) -> tuple[nn.Module, nn.Module]:
+def buffers_can_differ(ctx: Distributed, run: RunConfig, freeze_bn: bool) -> bool:
+    """Whether the ranks' buffers (BN running statistics) can drift apart: only under DDP with
+    BatchNorm in train mode and per-rank statistics. Frozen BN never updates them, and
+    SyncBatchNorm updates them from the global batch, the same on every rank."""
+    return ctx.enabled and not freeze_bn and not run.sync_bn
+
+
+def parallelize(student: nn.Module, ctx: Distributed, run: RunConfig, device: torch.device,
+                broadcast_buffers: bool = True) -> tuple[nn.Module, nn.Module]:
     """``(student, train_model)``: the plain module (checkpoints, EMA, evaluation) and the one
     the training forward runs through (DDP-wrapped under torchrun).
 
     SyncBatchNorm conversion happens here, before the EMA teacher copies the student, so
     the teacher normalises with the same global statistics. DDP broadcasts rank 0's weights
-    and buffers at construction: every rank starts (and builds its teacher) from them.
+    and buffers at construction: every rank starts (and builds its teacher) from them;
+    ``broadcast_buffers`` (``buffers_can_differ``) broadcasts the buffers again at every forward.
     """
     if not ctx.enabled:
         return student, student
     if run.sync_bn:
         student = nn.SyncBatchNorm.convert_sync_batchnorm(student)
     ids = [device.index] if device.type == "cuda" else None
-    return student, nn.parallel.DistributedDataParallel(student, device_ids=ids)
+    return student, nn.parallel.DistributedDataParallel(student, device_ids=ids,
+                                                        broadcast_buffers=broadcast_buffers)
 
 
 # ---------------------------------------------------------------- per-rank random streams

@@ -175,3 +175,11 @@ class TorchSegmenter:
 
     def close(self) -> None:
         self.model = None  # type: ignore[assignment]
+
+
+def val_metrics(metrics: SegMetrics, brief: bool = False) -> dict[str, Any]:
+    """Target-val metrics as training logs them: mIoU (and SYNTHIA's 13-class mIoU), pixel
+    accuracy, IoUs; ``brief``: the mIoUs only."""
+    out = {f"target_val_{k}": v for k, v in metrics.as_dict().items()}
+    brief_keys = ("target_val_miou", "target_val_miou13", "target_val_single_scale")
+    return {k: v for k, v in out.items() if k in brief_keys} if brief else out

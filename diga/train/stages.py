@@ -14,8 +14,9 @@ from diga.data.pseudo_labels import MANIFEST, StaleInputError, check_manifest, i
 from diga.errors import UserError
 from diga.protocols import model_classes, require_same_classes
 from diga.train.distributed import current, init_distributed
-from diga.train.loop import SelftrainInputs, StageResult, check_resumable, train_stage
+from diga.train.loop import train_stage
 from diga.train.pseudo import CENTROIDS_FILE, load_centroids, make_centroids, make_pseudo_labels
+from diga.train.run import SelftrainInputs, StageResult, check_resumable
 
 console = Console(stderr=True)
 

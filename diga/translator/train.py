@@ -32,8 +32,8 @@ from diga.data.datasets import build_dataset, infinite_loader
 from diga.device import select_device
 from diga.errors import UserError
 from diga.io import append_jsonl, atomic_write_json, truncate_jsonl
-from diga.train.loop import StageResult, check_resumable, seed_everything
 from diga.train.progress import StepProgress
+from diga.train.run import StageResult, check_resumable, seed_everything
 from diga.train.signals import StopOnSignal, run_stopped
 from diga.train.visuals import save_grid
 from diga.translator.losses import (
