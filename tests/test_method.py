@@ -121,11 +121,12 @@ def _labels_with_known_classes() -> torch.Tensor:
     return labels
 
 
-def test_class_mix_mask_takes_half_the_classes_plus_ignore():
+@pytest.mark.parametrize("num_classes", [None, 19])  # 19: the training step's, no host read
+def test_class_mix_mask_takes_half_the_classes_plus_ignore(num_classes):
     labels = _labels_with_known_classes()
     gen = torch.Generator().manual_seed(0)
     for _ in range(10):
-        mask = class_mix_mask(labels, generator=gen)
+        mask = class_mix_mask(labels, generator=gen, num_classes=num_classes)
         assert mask.dtype == torch.bool and mask.shape == labels.shape
         assert torch.all(mask[labels == IGNORE])
         for img, n_expected in zip(range(4), [2, 0, 1, 0], strict=True):
@@ -140,19 +141,19 @@ def test_class_mix_mask_takes_half_the_classes_plus_ignore():
     assert mask[1].sum().item() == 1  # one class only: the ignore pixel alone
 
 
-def test_class_mix_mask_is_seeded_and_uniform():
+@pytest.mark.parametrize("num_classes", [None, 19])
+def test_class_mix_mask_is_seeded_and_uniform(num_classes):
     labels = _labels_with_known_classes()
-    a = class_mix_mask(labels, generator=torch.Generator().manual_seed(3))
-    b = class_mix_mask(labels, generator=torch.Generator().manual_seed(3))
-    assert torch.equal(a, b)
-    draws = {
-        tuple(class_mix_mask(labels, generator=torch.Generator().manual_seed(s)).flatten().tolist())
-        for s in range(20)
-    }
+
+    def draw(labels, seed):
+        return class_mix_mask(labels, torch.Generator().manual_seed(seed), num_classes=num_classes)
+
+    assert torch.equal(draw(labels, 3), draw(labels, 3))
+    draws = {tuple(draw(labels, s).flatten().tolist()) for s in range(20)}
     assert len(draws) > 1
 
     many = labels[:1].expand(4000, -1, -1)  # image 0, 4000 times: 2 of {0,1,2,3} each
-    mask = class_mix_mask(many, generator=torch.Generator().manual_seed(0))
+    mask = draw(many, 0)
     first_pixel = {0: (0, 0), 1: (0, 2), 2: (1, 0), 3: (1, 2)}
     picked = torch.stack([mask[:, r, c] for r, c in first_pixel.values()], dim=1).double()
     assert torch.all(picked.sum(dim=1) == 2)

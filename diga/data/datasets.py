@@ -195,11 +195,11 @@ class InfiniteSampler(Sampler):
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         pos = self.start + self.rank
-        epoch, perm = pos // self.size, self._perm(pos // self.size)
+        epoch, perm = pos // self.size, self._perm(pos // self.size).tolist()  # once an epoch
         while True:
             if pos // self.size != epoch:
-                epoch, perm = pos // self.size, self._perm(pos // self.size)
-            yield int(perm[pos % self.size]), (self.seed * 1_000_003 + pos) % (2**63)
+                epoch, perm = pos // self.size, self._perm(pos // self.size).tolist()
+            yield perm[pos % self.size], (self.seed * 1_000_003 + pos) % (2**63)
             pos += self.world_size
 
 
@@ -261,9 +261,14 @@ def eval_loader(dataset: SegDataset, batch_size: int, num_workers: int,
     return DataLoader(subset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
 
 
-def normalize(images: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
-    """uint8 or [0, 1] float (B, 3, H, W) -> the model's normalised float input."""
+def normalize(images: torch.Tensor, mean: tuple[float, ...] | torch.Tensor,
+              std: tuple[float, ...] | torch.Tensor) -> torch.Tensor:
+    """uint8 or [0, 1] float (B, 3, H, W) -> the model's normalised float input.
+
+    ``mean`` / ``std``: numbers, or (3,) tensors already on the images' device (a training
+    step passes those: numbers become a host-to-device copy that waits for the device).
+    """
     x = images.float() / 255.0 if images.dtype == torch.uint8 else images
-    m = torch.tensor(mean, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
-    s = torch.tensor(std, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
+    m = torch.as_tensor(mean, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
+    s = torch.as_tensor(std, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
     return (x - m) / s

@@ -47,9 +47,9 @@ def fda(source: torch.Tensor, target: torch.Tensor, beta: float) -> torch.Tensor
     if beta < 0:
         raise ValueError(f"the FDA band ratio beta must be >= 0, got {beta}")
     h, w = source.shape[-2:]
-    band = low_frequency_band(h, w, beta, device=source.device)  # (H, W // 2 + 1)
-    if not band.any():
+    if math.floor(min(h, w) * beta) == 0:  # an empty band: nothing to swap
         return source.clone()
+    band = low_frequency_band(h, w, beta, device=source.device)  # (H, W // 2 + 1)
     dtype = torch.promote_types(source.dtype, torch.float32)  # no half-precision FFTs
     spec_s = torch.fft.rfft2(source.to(dtype))  # (B, C, H, W // 2 + 1) complex
     amp_t = torch.fft.rfft2(target.to(dtype)).abs()

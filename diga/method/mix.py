@@ -9,17 +9,21 @@ def class_mix_mask(
     labels: torch.Tensor,
     generator: torch.Generator | None = None,
     ignore_index: int = 255,
+    num_classes: int | None = None,
 ) -> torch.Tensor:
     """Class-mix mask of a label batch.
 
     For each image, draw ``floor(n / 2)`` of its ``n`` present classes (``ignore_index``
     excluded) uniformly without replacement; the mask is True where the label is a drawn
-    class or ``ignore_index``. One bincount and one gather for the whole batch.
+    class or ``ignore_index``. One scatter and one gather for the whole batch, no loop.
 
     Args:
-        labels: (B, H, W) integer label maps; labels other than ``ignore_index`` must be >= 0.
-        generator: optional seeded generator (on any device) for reproducible draws.
+        labels: (B, H, W) integer label maps; labels other than ``ignore_index`` must be in
+            ``[0, num_classes)``.
+        generator: optional seeded generator, on ``labels``' device, for reproducible draws.
         ignore_index: the label value that marks unlabelled pixels.
+        num_classes: the number of classes. Give it in a training step: without it the largest
+            label is read from the device (a host sync).
 
     Returns:
         (B, H, W) bool mask on ``labels``' device.
@@ -27,24 +31,23 @@ def class_mix_mask(
     if labels.dim() != 3:
         raise ValueError(f"labels must be (B, H, W), got shape {tuple(labels.shape)}")
     labels = labels.long()
-    b = labels.shape[0]
+    b, device = labels.shape[0], labels.device
     valid = labels != ignore_index
+    k = num_classes
+    if k is None:  # read the largest label: a host sync
+        k = int(torch.where(valid, labels, -1).max()) + 1 if labels.numel() else 0
     # K real classes plus one dummy bin per image that collects the ignore pixels.
-    k = int(torch.where(valid, labels, -1).max()) + 1 if labels.numel() else 0
-    lab = torch.where(valid, labels, k)  # (B, H, W) in [0, K]
-    offsets = torch.arange(b, device=labels.device).view(b, 1, 1) * (k + 1)
-    flat = (lab + offsets).reshape(-1)  # (B*H*W,)
-    present = torch.bincount(flat, minlength=b * (k + 1)).view(b, k + 1)[:, :k] > 0  # (B, K)
+    lab = torch.where(valid, labels, k).reshape(b, -1)  # (B, H*W) in [0, K]
+    present = torch.zeros(b, k + 1, dtype=torch.bool, device=device).scatter_(1, lab, True)
+    present = present[:, :k]  # (B, K)
 
     # A uniform random ranking of the present classes; absent ones sort last.
-    gen_device = generator.device if generator is not None else labels.device
-    scores = torch.rand(b, k, generator=generator, device=gen_device).to(labels.device)
-    scores = torch.where(present, scores, torch.full_like(scores, 2.0))
+    scores = torch.rand(b, k, generator=generator, device=device)  # (B, K)
+    scores = torch.where(present, scores, 2.0)
     rank = scores.argsort(dim=1).argsort(dim=1)  # (B, K)
     n_draw = present.sum(dim=1, keepdim=True) // 2  # (B, 1)
-    chosen = rank < n_draw  # (B, K)
-    chosen = torch.cat([chosen, chosen.new_ones(b, 1)], dim=1)  # dummy bin: ignore -> True
-    return chosen.reshape(-1)[flat].view_as(labels)
+    chosen = torch.cat([rank < n_draw, present.new_ones(b, 1)], dim=1)  # dummy bin: ignore -> True
+    return chosen.gather(1, lab).view_as(labels)
 
 
 def mix(mask: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -78,10 +78,17 @@ class StepSetup:
     translator: Translator | None  # G of the cross-domain mixture; None: no mixture
     mix_generator: torch.Generator  # class-mix draws, on the batch's device
     dist: Distributed
+    mean: torch.Tensor = field(init=False)  # (3,) on the device, made once
+    std: torch.Tensor = field(init=False)
+
+    def __post_init__(self) -> None:
+        device = self.mix_generator.device
+        self.mean = torch.tensor(self.cfg.data.mean, device=device)
+        self.std = torch.tensor(self.cfg.data.std, device=device)
 
     def run(self, model: nn.Module, images: torch.Tensor):
         """``model`` on [0, 1] images: normalised, under the precision settings."""
-        return self.forward(model, normalize(images, self.cfg.data.mean, self.cfg.data.std))
+        return self.forward(model, normalize(images, self.mean, self.std))
 
     def ce(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """CE over the valid pixels of the global batch (as one process would take it)."""
@@ -90,7 +97,8 @@ class StepSetup:
                                      (labels != ignore).sum())
 
     def class_mix_mask(self, labels: torch.Tensor) -> torch.Tensor:
-        return class_mix_mask(labels, self.mix_generator, self.cfg.method.ignore_index)
+        return class_mix_mask(labels, self.mix_generator, self.cfg.method.ignore_index,
+                              self.cfg.num_classes)
 
 
 @dataclass
