@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import tempfile
 import time
 from pathlib import Path
@@ -42,30 +43,38 @@ def data_loading_rate(cfg: Config, batches: int = 20) -> float:
     return batches * cfg.train.batch_size / (time.perf_counter() - tic)
 
 
-def bare_step_time(cfg: Config, stage: str, steps: int, device: torch.device) -> float:
-    """Seconds per step of the network passes alone, on random inputs of the crop size."""
+def bare_step_time(cfg: Config, stage: str, steps: int, device: torch.device,
+                   warm: int = 2) -> float:
+    """Seconds per step of the network passes alone, on random inputs of the crop size, with
+    the run's precision, memory format and compilation (``run.amp``, ``channels_last``,
+    ``compile``)."""
     from diga.method import EMATeacher
     from diga.models import build_model
     from diga.train.optim import build_optimizer
+    from diga.train.speed import Precision, maybe_compile, to_memory_format
 
     student_mult, teacher_mult = PASSES[stage]
-    b, (h, w) = cfg.train.batch_size, cfg.train.crop
-    model = build_model(cfg.model.name, cfg.num_classes).to(device).train()
+    b, (h, w) = cfg.stage_batch_size(stage)[0], cfg.train.crop
+    model = to_memory_format(build_model(cfg.model.name, cfg.num_classes,
+                                         freeze_bn=cfg.model.freeze_bn).to(device), cfg.run).train()
     teacher = EMATeacher(model) if teacher_mult else None
+    student_fn = maybe_compile(model, cfg.run)
+    teacher_fn = maybe_compile(teacher.model.train(), cfg.run) if teacher is not None else None
+    forward = Precision.from_config(cfg.run, device)
     optimizer = build_optimizer(model, cfg.train.optim)
     xs = torch.rand(student_mult * b, 3, h, w, device=device)
     xt = torch.rand(teacher_mult * b, 3, h, w, device=device)
 
     def one() -> None:
-        out = model(normalize(xs, cfg.data.mean, cfg.data.std))
-        if teacher is not None:
+        out = forward(student_fn, normalize(xs, cfg.data.mean, cfg.data.std))
+        if teacher_fn is not None:
             with torch.no_grad():
-                teacher(normalize(xt, cfg.data.mean, cfg.data.std))
+                forward(teacher_fn, normalize(xt, cfg.data.mean, cfg.data.std))
         optimizer.zero_grad(set_to_none=True)
         out.logits.mean().backward()
         optimizer.step()
 
-    for _ in range(2):
+    for _ in range(warm):
         one()
     _sync(device)
     tic = time.perf_counter()
@@ -75,14 +84,15 @@ def bare_step_time(cfg: Config, stage: str, steps: int, device: torch.device) ->
     return (time.perf_counter() - tic) / steps
 
 
-def real_step_time(cfg: Config, stage: str, steps: int, work: Path) -> float:
-    """Seconds per step of ``train_stage`` (data loading overlapped by workers), warm-up excluded."""
+def real_step_time(cfg: Config, stage: str, steps: int, work: Path, warm: int = 3) -> float:
+    """Seconds per step of ``train_stage`` (data loading overlapped by workers), its first
+    ``warm`` steps excluded. Logs are read at multiples of gcd(warm, steps) only: a log point
+    waits for the device."""
     from diga.train.loop import train_stage
     from diga.train.stages import run_selftrain
 
-    warm = 3
     keys = {"train.steps": steps + warm, "train.eval_every": 0, "train.visual_every": 0,
-            "train.log_every": 1, "train.checkpoint_every": 10**6}
+            "train.log_every": math.gcd(warm, steps), "train.checkpoint_every": 10**6}
     run_cfg = cfg.model_copy(deep=True)
     for key, value in keys.items():
         section, name = key.split(".")

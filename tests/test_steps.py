@@ -1,58 +1,29 @@
 """The training steps: no host sync between log points, and the sync-free method pieces.
 
-A host sync is counted the way the issue that asked for this measured it: every call of
-``torch.Tensor``'s ``item``, ``tolist``, ``cpu``, ``numpy``, ``__int__``, ``__float__``,
-``__bool__`` and ``__index__`` in the main process, from our code or any library's (kornia's
-augmentation made a dozen a step). On the CPU every tensor is a host tensor, so this counts
-more than a GPU would wait for; what it cannot see, host-to-device copies of numbers, is what
-``torch.cuda.set_sync_debug_mode`` checks in the GPU check (``diga.benchmarks.gpu``). Runs of
-N and N + 20 steps differ by the syncs of 20 steps between log points. Data transforms run in
-a DataLoader worker, as in every preset (``data.num_workers`` >= 1), not in the main process.
+Host syncs are counted by ``diga.benchmarks.syncs.count_host_syncs``: on the CPU every read of
+a tensor by Python in the main process, from our code or any library's (kornia's augmentation
+modules made a dozen a step); on a GPU, ``torch.cuda.set_sync_debug_mode``'s warnings. Runs of
+N and N + 20 steps differ by the syncs of 20 steps between log points. Data transforms run in a
+DataLoader worker, as in every preset (``data.num_workers`` >= 1), not in the main process.
 """
 
 from __future__ import annotations
-
-import collections
-import contextlib
-import traceback
 
 import pytest
 import torch
 from conftest import TINY
 
+from diga.benchmarks.syncs import count_host_syncs
 from diga.config import load_config
 from diga.method import PhotometricAugment, class_mix_mask
 from diga.train.loop import train_stage
 from diga.train.run import SelftrainInputs
 from diga.train.stages import ensure_centroids, ensure_pseudo_labels
 
-HOST_READS = ("item", "tolist", "cpu", "numpy", "__int__", "__float__", "__bool__", "__index__")
 # 64 source / target images: no epoch boundary (one permutation read each) inside 22 steps
 QUIET = TINY + ["data.builtin.source_train=64", "data.builtin.target_train=64",
                 "data.num_workers=1", "train.log_every=1000", "train.visual_every=0",
                 "train.checkpoint_every=1000", "train.eval_every=0"]
-
-
-@contextlib.contextmanager
-def count_host_reads():
-    """Counts every read of a tensor by the host while active; ``counter[where]`` per caller."""
-    counter: collections.Counter = collections.Counter()
-    originals = {name: getattr(torch.Tensor, name) for name in HOST_READS}
-
-    def counting(name, real):
-        def read(self, *args, **kwargs):
-            frame = traceback.extract_stack(limit=3)[0]
-            counter[f"{name} at {frame.filename}:{frame.lineno}"] += 1
-            return real(self, *args, **kwargs)
-        return read
-
-    try:
-        for name, real in originals.items():
-            setattr(torch.Tensor, name, counting(name, real))
-        yield counter
-    finally:
-        for name, real in originals.items():
-            setattr(torch.Tensor, name, real)
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +47,7 @@ def test_no_host_sync_between_log_points(tmp_path, warm, stage, extra):
         cfg = load_config("demo", QUIET + extra + [f"train.steps={steps}"])
         inputs = (SelftrainInputs(resolve_checkpoint(warm[0]), warm[1], warm[2])
                   if stage == "selftrain" else None)
-        with count_host_reads() as counter:
+        with count_host_syncs() as counter:
             train_stage(cfg, stage, tmp_path / f"{stage}{steps}", selftrain=inputs,
                         show_progress=False)
         counts[steps] = counter
@@ -86,10 +57,29 @@ def test_no_host_sync_between_log_points(tmp_path, warm, stage, extra):
     assert sum(counts[2].values()) > 0  # the counter sees the reads of setup and evaluation
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("stage", ["source", "warmup", "selftrain"])
+def test_no_cuda_sync_between_log_points(tmp_path, warm, stage):
+    from diga.checkpoint import resolve_checkpoint
+
+    counts = {}
+    for steps in (2, 22):
+        cfg = load_config("demo", QUIET + ["run.device=cuda", "run.amp=bf16", f"train.steps={steps}"])
+        inputs = (SelftrainInputs(resolve_checkpoint(warm[0]), warm[1], warm[2].cuda())
+                  if stage == "selftrain" else None)
+        with count_host_syncs("cuda") as counter:
+            train_stage(cfg, stage, tmp_path / f"{stage}{steps}", selftrain=inputs,
+                        show_progress=False)
+        counts[steps] = counter
+    extra = counts[22] - counts[2]
+    assert sum(extra.values()) <= 20, extra.most_common(8)  # at most one a step
+
+
 def test_class_mix_mask_with_num_classes_reads_nothing():
     labels = torch.randint(0, 19, (3, 16, 32))
     labels[:, :2] = 255
-    with count_host_reads() as counter:
+    with count_host_syncs() as counter:
         mask = class_mix_mask(labels, torch.Generator().manual_seed(0), 255, num_classes=19)
     assert not counter, counter
     assert mask[:, :2].all()
@@ -98,7 +88,7 @@ def test_class_mix_mask_with_num_classes_reads_nothing():
         taken = [c for c in present.tolist() if mask[i][labels[i] == c].all()]
         assert len(taken) == len(present) // 2
         assert all(not mask[i][labels[i] == c].any() for c in present.tolist() if c not in taken)
-    with count_host_reads() as counter:
+    with count_host_syncs() as counter:
         class_mix_mask(labels, torch.Generator().manual_seed(0), 255)  # without: reads the max
     assert sum(counter.values()) == 1
 
@@ -113,7 +103,7 @@ def test_augment_operations_are_kornias():
 
     torch.manual_seed(0)
     x = torch.rand(4, 3, 16, 24)
-    with count_host_reads() as counter:
+    with count_host_syncs() as counter:
         blurred = _only(blur_p=1.0).transform(x)
     assert not counter, counter
     assert torch.allclose(blurred, kornia.filters.gaussian_blur2d(x, (3, 3), (2.0, 2.0)),

@@ -37,7 +37,7 @@ from diga.train.optim import build_optimizer, poly_lr, set_lr
 from diga.train.progress import StepProgress
 from diga.train.run import SelftrainInputs, StageResult, TrainState, seed_everything
 from diga.train.signals import StopOnSignal, run_stopped
-from diga.train.speed import Precision, maybe_compile, to_memory_format
+from diga.train.speed import Precision, maybe_compile, to_memory_format, tune_backends
 from diga.train.steps import Batch, StepSetup, read_logs, selftrain_step, source_step, warmup_step
 from diga.train.translate import build_translator
 from diga.train.visuals import save_grid
@@ -58,6 +58,7 @@ def train_stage(cfg: Config, stage: str, run_dir: Path, resume: bool = False,
         raise ValueError(f"unknown stage {stage!r}")
     check_data_paths(cfg, source=True, target=True)
     dist, device = init_distributed(cfg.run)  # one process: rank 0 of 1, select_device
+    tune_backends(device)
     global_batch, batch_key = cfg.stage_batch_size(stage)
     check_world(dist, cfg.run, global_batch, device, batch_key)
     seed_everything(cfg.run.seed)  # the same on every rank: identical initial weights

@@ -52,3 +52,10 @@ def to_memory_format(model: nn.Module, run: RunConfig) -> nn.Module:
 def maybe_compile(model: nn.Module, run: RunConfig) -> nn.Module:
     """``torch.compile(model)`` for ``run.compile``; the compiled module shares the weights."""
     return torch.compile(model) if run.compile else model
+
+
+def tune_backends(device: torch.device) -> None:
+    """cuDNN autotuning on a GPU: training crops have one size, so the fastest convolution
+    algorithms are found once (in the first steps) and reused."""
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
