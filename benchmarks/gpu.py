@@ -57,8 +57,6 @@ SMOKE = DATA + ["data.builtin.source_train=64", "data.builtin.target_train=64",
 
 def check(steps: int = 15, budget_s: float = 420.0, smoke: bool = False) -> dict[str, Any]:
     """Every measurement of the check; skips what would pass the time budget, and says so."""
-    from diga.benchmarks.training import bare_step_time, real_step_time
-
     start = time.monotonic()
     base = SMOKE if smoke else GPU
     device = torch.device("cpu" if smoke else "cuda")
@@ -68,38 +66,54 @@ def check(steps: int = 15, budget_s: float = 420.0, smoke: bool = False) -> dict
     cfg = load_config(PRESET, base)
     result: dict[str, Any] = {"preset": PRESET, **_environment(device), "model": cfg.model.name,
                               "crop": list(cfg.train.crop), "batch_size": cfg.train.batch_size,
-                              "steps_timed": steps, "rows": [], "skipped": []}
-    precisions = [p for p in PRECISIONS if not (smoke and "compile" in p)]
-    if smoke:
-        result["skipped"].append("bf16+cl+compile: not in the CPU smoke run")
+                              "steps_timed": steps, "rows": [], "skipped": [],
+                              "syncs_per_step": None, "inference": None, "projection": None}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        for name in precisions:
+        for name in PRECISIONS:
+            if smoke and "compile" in name:
+                result["skipped"].append(f"{name}: not in the CPU smoke run")
             # compile last, and only with time for its compilations left
-            need = 150 if "compile" in name else 0
-            if time.monotonic() - start > budget_s - need:
+            elif time.monotonic() - start > budget_s - (150 if "compile" in name else 0):
                 result["skipped"].append(f"{name}: time budget")
-                continue
-            run_cfg = load_config(PRESET, base + PRECISIONS[name])
-            for stage in STAGES if "compile" not in name else ("warmup",):
-                _reset_peak(device)
-                step_s = real_step_time(run_cfg, stage, steps, work / name, warm=steps)
-                row = {"precision": name, "stage": stage, "step_s": step_s,
-                       "images_per_s": _images_per_step(run_cfg, stage) / step_s,
-                       "peak_gib": _peak_gib(device)}
-                if stage == "warmup":
-                    row["bare_step_s"] = bare_step_time(run_cfg, stage, steps, device, warm=3)
-                    row["ratio_to_bare"] = step_s / row["bare_step_s"]
-                result["rows"].append(row)
+            else:
+                _step_rows(result, load_config(PRESET, base + PRECISIONS[name]), name, steps,
+                           work / name, device)
         fastest = fastest_complete(result["rows"])
-        fast_cfg = load_config(PRESET, base + PRECISIONS[fastest])
-        result["syncs_per_step"] = {stage: _syncs_per_step(fast_cfg, stage, work / "syncs", device)
-                                    for stage in ("warmup", "selftrain")}
-        result["syncs_precision"] = fastest
-        result["inference"] = _inference(fast_cfg, work / fastest / "init", work, device)
-    result["projection"] = project(cfg, result)
+        if fastest is None:
+            result["skipped"].append("syncs, inference, projection: no precision ran every stage")
+        else:
+            fast_cfg = load_config(PRESET, base + PRECISIONS[fastest])
+            result["syncs_per_step"] = {
+                stage: _syncs_per_step(fast_cfg, stage, work / "syncs", device)
+                for stage in ("warmup", "selftrain")}
+            result["syncs_precision"] = fastest
+            result["inference"] = _inference(fast_cfg, work / fastest / "init", work, device)
+            result["projection"] = project(cfg, result)
     result["wall_s"] = time.monotonic() - start
     return result
+
+
+def _step_rows(result: dict[str, Any], cfg: Config, name: str, steps: int, work: Path,
+               device: torch.device) -> None:
+    """One row per stage (compile: the warm-up only) of ``train_stage``'s step at ``cfg``."""
+    from diga.benchmarks.training import bare_step_time, real_step_time
+
+    for stage in STAGES if not cfg.run.compile else ("warmup",):
+        _reset_peak(device)
+        try:
+            step_s = real_step_time(cfg, stage, steps, work, warm=steps)
+        except torch.cuda.OutOfMemoryError:  # a note, not the end of the check
+            result["skipped"].append(f"{name} {stage}: out of GPU memory")
+            torch.cuda.empty_cache()
+            continue
+        row = {"precision": name, "stage": stage, "step_s": step_s,
+               "images_per_s": _images_per_step(cfg, stage) / step_s,
+               "peak_gib": _peak_gib(device)}
+        if stage == "warmup":
+            row["bare_step_s"] = bare_step_time(cfg, stage, steps, device, warm=3)
+            row["ratio_to_bare"] = step_s / row["bare_step_s"]
+        result["rows"].append(row)
 
 
 def _environment(device: torch.device) -> dict[str, Any]:
@@ -129,6 +143,7 @@ def _peak_gib(device: torch.device) -> float | None:
 def _syncs_per_step(cfg: Config, stage: str, work: Path, device: torch.device) -> float:
     """Host syncs per step between log points: runs of 2 and 12 steps, counted, subtracted."""
     from diga.benchmarks.syncs import count_host_syncs
+    from diga.benchmarks.training import warmup_init
     from diga.checkpoint import resolve_checkpoint
     from diga.train.loop import train_stage
     from diga.train.run import SelftrainInputs
@@ -140,13 +155,10 @@ def _syncs_per_step(cfg: Config, stage: str, work: Path, device: torch.device) -
     quiet.selftrain.steps = None
     inputs = None
     if stage == "selftrain":
-        init = work / "init"
-        if not (init / "checkpoints").exists():
-            init_cfg = quiet.model_copy(deep=True)
-            init_cfg.train.steps = 1
-            train_stage(init_cfg, "warmup", init, show_progress=False)
-        inputs = SelftrainInputs(resolve_checkpoint(init), ensure_pseudo_labels(quiet, init, device, True),
-                                 ensure_centroids(quiet, init, device, True))
+        init = warmup_init(quiet, work)
+        inputs = SelftrainInputs(resolve_checkpoint(init),
+                                 ensure_pseudo_labels(quiet, init, device, quiet=True),
+                                 ensure_centroids(quiet, init, device, quiet=True))
     counts = []
     for steps in (2, 12):
         quiet.train.steps = steps
@@ -187,11 +199,12 @@ def _inference(cfg: Config, init: Path, work: Path, device: torch.device) -> dic
     return out
 
 
-def fastest_complete(rows: list[dict[str, Any]]) -> str:
+def fastest_complete(rows: list[dict[str, Any]]) -> str | None:
     """The precision with the fastest warm-up step among those with every stage measured."""
-    complete = {r["precision"] for r in rows if r["stage"] == "selftrain"}
-    return min((r for r in rows if r["stage"] == "warmup" and r["precision"] in complete),
-               key=lambda r: r["step_s"])["precision"]
+    complete = {r["precision"] for r in rows if r["stage"] == "selftrain"} & {
+        r["precision"] for r in rows if r["stage"] == "warmup"}
+    timed = [r for r in rows if r["stage"] == "warmup" and r["precision"] in complete]
+    return min(timed, key=lambda r: r["step_s"])["precision"] if timed else None
 
 
 def project(cfg: Config, result: dict[str, Any]) -> dict[str, Any]:
@@ -229,17 +242,20 @@ def markdown(result: dict[str, Any]) -> str:
                      f"{fmt(r['images_per_s'], 1)} | {fmt(r['peak_gib'], 1)} | "
                      f"{fmt(r.get('ratio_to_bare'), 2)} |")
     inf, proj = result["inference"], result["projection"]
-    size = "x".join(map(str, inf["size"]))
-    lines += ["", f"Host syncs per step between log points ({result['syncs_precision']}): "
-              + ", ".join(f"{k} {v:g}" for k, v in result["syncs_per_step"].items()),
-              f"At {size}, scales {inf['scales']}: evaluation {inf['eval_images_per_s']:.2f}, "
-              f"pseudo-labels {inf['pseudo_labels_images_per_s']:.2f}, centroids "
-              f"{inf['centroids_images_per_s']:.2f} images/s",
-              f"Projected schedule ({proj['precision']}): warm-up {proj['warmup_steps']} steps "
-              f"{proj['warmup_h']:.1f} h, {proj['rounds']} self-training rounds of "
-              f"{proj['selftrain_steps']} steps {proj['round_h']:.1f} h each, total "
-              f"{proj['total_h']:.1f} h (Cityscapes train {CITYSCAPES_TRAIN}, val "
-              f"{CITYSCAPES_VAL} images)"]
+    lines.append("")
+    if proj is not None:
+        size = "x".join(map(str, inf["size"]))
+        lines += [f"Host syncs per step between log points ({result['syncs_precision']}): "
+                  + ", ".join(f"{k} {v:g}" for k, v in result["syncs_per_step"].items()),
+                  f"At {size}, scales {inf['scales']}: evaluation "
+                  f"{inf['eval_images_per_s']:.2f}, pseudo-labels "
+                  f"{inf['pseudo_labels_images_per_s']:.2f}, centroids "
+                  f"{inf['centroids_images_per_s']:.2f} images/s",
+                  f"Projected schedule ({proj['precision']}): warm-up {proj['warmup_steps']} "
+                  f"steps {proj['warmup_h']:.1f} h, {proj['rounds']} self-training rounds of "
+                  f"{proj['selftrain_steps']} steps {proj['round_h']:.1f} h each, total "
+                  f"{proj['total_h']:.1f} h (Cityscapes train {CITYSCAPES_TRAIN}, val "
+                  f"{CITYSCAPES_VAL} images)"]
     lines += [f"Skipped: {s}" for s in result["skipped"]]
     lines.append(f"Check wall time {result['wall_s']:.0f} s")
     return "\n".join(lines) + "\n"

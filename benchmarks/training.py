@@ -99,14 +99,9 @@ def real_step_time(cfg: Config, stage: str, steps: int, work: Path, warm: int = 
         setattr(getattr(run_cfg, section), name, value)
     run_cfg.selftrain.steps = None  # every stage runs the measured steps
     if stage == "selftrain":
-        init = work / "init"
-        if not (init / "checkpoints").exists():
-            init_cfg = run_cfg.model_copy(deep=True)
-            init_cfg.train.steps = 1
-            train_stage(init_cfg, "warmup", init, show_progress=False)
         run_cfg.selftrain.rounds = 1
         run_dir = work / "selftrain"
-        run_selftrain(run_cfg, init, run_dir, show_progress=False)
+        run_selftrain(run_cfg, warmup_init(run_cfg, work), run_dir, show_progress=False)
         log = run_dir / "round1" / "metrics.jsonl"
     else:
         run_dir = work / stage
@@ -115,6 +110,18 @@ def real_step_time(cfg: Config, stage: str, steps: int, work: Path, warm: int = 
     rows = [json.loads(line) for line in log.read_text().splitlines()]
     per_step = {r["step"]: r["sec_per_step"] * r["step"] for r in rows if "sec_per_step" in r}
     return (per_step[steps + warm] - per_step[warm]) / steps  # cumulative time differences
+
+
+def warmup_init(cfg: Config, work: Path) -> Path:
+    """``work/init``: a 1-step warm-up run (made once) for self-training to start from."""
+    from diga.train.loop import train_stage
+
+    init = work / "init"
+    if not (init / "checkpoints").exists():
+        init_cfg = cfg.model_copy(deep=True)
+        init_cfg.train.steps = 1
+        train_stage(init_cfg, "warmup", init, show_progress=False)
+    return init
 
 
 def _sync(device: torch.device) -> None:

@@ -66,3 +66,24 @@ def test_data_loading_at_real_resolution(tmp_path, one_torch_thread):
         d = result["domains"][domain]
         assert d["images_per_s_per_worker"] > 0 and d["png_mb"] > 1.0  # real files' size
     assert result["workers_needed"] == pytest.approx(result["worker_s_per_step"] / 0.5)
+
+
+def test_a_stage_out_of_memory_is_a_note_and_the_check_goes_on(monkeypatch):
+    from diga.benchmarks import training
+
+    def step_time(cfg, stage, steps, work, warm=3):
+        if stage == "selftrain":
+            raise gpu.torch.cuda.OutOfMemoryError("CUDA out of memory")
+        return 0.25
+
+    monkeypatch.setattr(training, "real_step_time", step_time)
+    monkeypatch.setattr(training, "bare_step_time", lambda *a, **k: 0.2)
+    result = gpu.check(steps=2, smoke=True)
+    assert {(r["precision"], r["stage"]) for r in result["rows"]} == {
+        (p, s) for p in ("fp32", "bf16", "bf16+cl") for s in ("source", "warmup")}
+    assert all(r["ratio_to_bare"] == pytest.approx(1.25) for r in result["rows"]
+               if r["stage"] == "warmup")
+    assert "fp32 selftrain: out of GPU memory" in result["skipped"]
+    assert result["skipped"][-1] == "syncs, inference, projection: no precision ran every stage"
+    assert result["projection"] is None
+    assert "| fp32 | warmup | 0.250 |" in gpu.markdown(result)

@@ -103,6 +103,8 @@ class StepSetup:
 
 @dataclass
 class StepOutput:
+    """A step's loss to backpropagate, its values to log and its views to draw."""
+
     loss: torch.Tensor
     logs: dict[str, LogValue]
     visuals: dict[str, torch.Tensor] = field(default_factory=dict)  # columns of the grid
