@@ -24,8 +24,7 @@ from diga.data.datasets import build_dataset
 from diga.errors import UserError
 from diga.export.formats import BACKENDS, FORMATS, ExportFormat, format_of_file
 from diga.protocols import label_protocol
-
-MODEL_SUFFIXES = (".onnx", ".engine")
+from diga.runtime.segmenter import MODEL_FILE_SUFFIXES as MODEL_SUFFIXES
 
 
 def check_backends(names: list[str]) -> list[str]:
@@ -74,7 +73,7 @@ def expand_models(models: list[Path], overrides: list[str]) -> list[ModelGroup]:
         if arg.suffix.lower() in MODEL_SUFFIXES or arg.is_file():
             if not arg.is_file():
                 raise UserError(f"model not found: {arg}", "give a run directory, a checkpoint "
-                                "folder, an .onnx or an .engine file")
+                                "folder, an .onnx, an .xml or an .engine file")
             fmt = format_of_file(arg)
             ckpt = _checkpoint_of_export(arg.parent)
             cfg = config_for_model(arg, overrides)  # the run's config, as diga eval takes it

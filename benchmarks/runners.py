@@ -131,7 +131,7 @@ class RuntimeRunner:
         self.seg = Segmenter(path, backend=backend, size=size)
         self.info = self.seg.info
         self.provider = self.seg.provider
-        self.device = torch.device("cpu" if self.provider == "CPUExecutionProvider" else "cuda")
+        self.device = torch.device("cpu" if self.seg.backend in ("cpu", "openvino") else "cuda")
         self.static = not self.info.dynamic
 
     def run_size(self, image_size: tuple[int, int]) -> tuple[int, int]:

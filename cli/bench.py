@@ -106,7 +106,7 @@ def _split_models(items: list[str]) -> tuple[list[Path], list[str]]:
                         "give every MODEL first, then key.sub=value overrides")
     if not models:
         raise UserError("no MODEL to bench",
-                        "give a run directory, a checkpoint folder, an .onnx or an .engine")
+                        "give a run directory, a checkpoint folder, an .onnx, an .xml or an .engine")
     return models, overrides
 
 

@@ -44,7 +44,9 @@ def eval_command(
     from diga.train.evaluate import evaluate
 
     requested = parse_protocols(classes)
-    if model.suffix.lower() in (".onnx", ".engine"):
+    from diga.runtime.segmenter import MODEL_FILE_SUFFIXES
+
+    if model.suffix.lower() in MODEL_FILE_SUFFIXES:
         return _evaluate_file(model, overrides or [], json_path, native_size, requested)
     net, saved, ckpt = load_model(model, "cpu")
     cfg = load_config_from(saved, overrides or [])

@@ -36,6 +36,10 @@ def export_command(
                                       "GPU.")] = False,
     trt_fp32: Annotated[bool, typer.Option("--trt-fp32", help="Also the float32 TensorRT "
                                            "engine (the reference for the others).")] = False,
+    openvino: Annotated[bool, typer.Option("--openvino", help="Also OpenVINO IRs for CPUs "
+                                           "(model.xml; model.int8.xml with --int8), with the "
+                                           "metadata inside. Needs pip install "
+                                           "'diga[openvino]'.")] = False,
     static: Annotated[bool, typer.Option("--static", help="Fixed input shape (batch 1 at "
                                          "export.input_size) instead of dynamic.")] = False,
     opset: Annotated[int | None, typer.Option("--opset", help="ONNX opset (>= 17; default "
@@ -47,7 +51,7 @@ def export_command(
     out: Annotated[Path | None, typer.Option("--out", help="Output folder (default: "
                                              "<run>/export).", show_default=False)] = None,
 ) -> None:
-    """Export a trained model: ONNX with metadata, INT8 / FP16, TensorRT.
+    """Export a trained model: ONNX with metadata, INT8 / FP16, OpenVINO, TensorRT.
 
     The float ONNX is compared with PyTorch on target val images (pixel
     agreement, max |logit difference|), saved as parity.json next to it.
@@ -63,7 +67,9 @@ def export_command(
     from diga.errors import UserError
 
     del onnx  # the float ONNX is always written; the flag exists for explicit scripts
-    if model.suffix.lower() in (".onnx", ".engine"):
+    from diga.runtime.segmenter import MODEL_FILE_SUFFIXES
+
+    if model.suffix.lower() in MODEL_FILE_SUFFIXES:
         raise UserError(f"{model.name} is already an exported model",
                         "give the run directory or checkpoint folder it came from")
     extra = list(overrides or [])
@@ -84,7 +90,8 @@ def export_command(
         with console.status("exporting") as status:
             summary = export_checkpoint(
                 model, extra, ExportOptions(fp16=fp16, int8=int8, trt=trt, trt_fp32=trt_fp32,
-                                            bake_preprocess=bake_preprocess, argmax=argmax),
+                                            openvino=openvino, bake_preprocess=bake_preprocess,
+                                            argmax=argmax),
                 out_dir=out, report=lambda msg: status.update(msg))
     finally:
         logging.getLogger("diga.export").removeHandler(handler)

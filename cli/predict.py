@@ -48,8 +48,9 @@ class TorchPredictor:
 def _load_predictor(model: Path, backend: str, size: RunSize) -> tuple[Any, Any, str]:
     """(callable image -> labels, its ``ModelInfo``, one line saying what runs where)."""
     from diga.runtime import Segmenter
+    from diga.runtime.segmenter import MODEL_FILE_SUFFIXES
 
-    if model.suffix.lower() in (".onnx", ".engine", ".plan", ".trt"):
+    if model.suffix.lower() in MODEL_FILE_SUFFIXES:
         seg = Segmenter(model, backend, size)
         return seg, seg.info, seg.describe()
     torch_seg = TorchPredictor(model, backend, size)

@@ -270,7 +270,9 @@ def config_for_model(path: Path, overrides: list[str] | None = None):
 
     path = Path(path)
     overrides = list(overrides or [])
-    if path.suffix.lower() in (".onnx", ".engine"):
+    from diga.runtime.segmenter import MODEL_FILE_SUFFIXES
+
+    if path.suffix.lower() in MODEL_FILE_SUFFIXES:
         for folder in (path.parent, path.parent.parent):
             saved = folder / "config.yaml"
             if saved.is_file():

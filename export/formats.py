@@ -29,6 +29,7 @@ BACKENDS: dict[str, Backend] = {b.name: b for b in (
     Backend("ort-cuda", "cuda", True, "onnxruntime, CUDAExecutionProvider"),
     Backend("ort-trt", "tensorrt", True, "onnxruntime, TensorrtExecutionProvider"),
     Backend("trt", "tensorrt", True, "TensorRT engine"),
+    Backend("openvino", "openvino", False, "OpenVINO, CPU plugin"),
 )}
 
 
@@ -59,6 +60,10 @@ FORMATS: dict[str, ExportFormat] = {f.name: f for f in (
                  False, "onnx", "ONNX, float16 weights and activations, float32 I/O (for GPUs)"),
     ExportFormat("onnx-int8", "model.int8.onnx", ".onnx", "int8", ("ort-cpu", "ort-cuda", "ort-trt"),
                  False, "onnx", "ONNX with QDQ int8, calibrated on target-domain images"),
+    ExportFormat("openvino", "model.xml", ".xml", "fp32", ("openvino",), False, "onnx",
+                 "OpenVINO IR (+ .bin), float32, converted from the ONNX"),
+    ExportFormat("openvino-int8", "model.int8.xml", ".xml", "int8", ("openvino",), False,
+                 "onnx-int8", "OpenVINO IR from the QDQ int8 ONNX (its calibration)"),
     # TensorRT engines are strongly typed (TensorRT 11; 10.12+ with the STRONGLY_TYPED flag):
     # each takes its precision from the ONNX it is built from, with no precision builder flag
     ExportFormat("trt-fp32", "model.fp32.engine", ".engine", "fp32", ("trt",), True, "onnx",
@@ -77,14 +82,17 @@ def get_format(name: str) -> ExportFormat:
 
 
 def formats_for_flags(onnx: bool = False, fp16: bool = False, int8: bool = False,
-                      trt: bool = False, trt_fp32: bool = False) -> list[ExportFormat]:
+                      trt: bool = False, trt_fp32: bool = False,
+                      openvino: bool = False) -> list[ExportFormat]:
     """The formats ``diga export`` writes for its flags, each after the one it is made from.
 
     The float ONNX is always written (everything else starts from it). ``--trt`` builds an
     engine per requested precision (``--fp16``, ``--int8``; fp16 when it names none), each
     from the ONNX of its precision, which is then written too; ``--trt-fp32`` adds the float32
-    engine.
+    engine. ``--openvino`` converts the float ONNX to an OpenVINO IR, and with ``--int8`` the
+    QDQ ONNX too.
     """
+    irs = (["openvino", "openvino-int8"] if int8 else ["openvino"]) if openvino else []
     engines = []
     if trt or trt_fp32:
         engines = [name for name, wanted in (("trt-fp32", trt_fp32),
@@ -93,7 +101,7 @@ def formats_for_flags(onnx: bool = False, fp16: bool = False, int8: bool = False
     sources = {FORMATS[name].source for name in engines}
     names = ["onnx"] + [n for n, wanted in (("onnx-fp16", fp16 or "onnx-fp16" in sources),
                                            ("onnx-int8", int8 or "onnx-int8" in sources)) if wanted]
-    return [FORMATS[n] for n in names + engines]
+    return [FORMATS[n] for n in names + irs + engines]
 
 
 def format_of_file(path: Path) -> ExportFormat:
@@ -109,11 +117,13 @@ def format_of_file(path: Path) -> ExportFormat:
     precision = next((p for p in ("int8", "fp16") if f".{p}." in path.name.lower()), "fp32")
     if suffix == ".onnx":
         return FORMATS["onnx" if precision == "fp32" else f"onnx-{precision}"]
+    if suffix == ".xml":
+        return FORMATS["openvino-int8" if precision == "int8" else "openvino"]
     if suffix in (".engine", ".plan", ".trt"):
         engine = next((p for p in ("int8", "fp32") if f".{p}." in path.name.lower()), "fp16")
         return FORMATS[f"trt-{engine}"]
     raise UserError(f"cannot tell the model format of {path.name}",
-                    "give a run directory, a checkpoint folder, an .onnx or an .engine")
+                    "give a run directory, a checkpoint folder, an .onnx, an .xml or an .engine")
 
 
 def backends_for(path: Path) -> list[Backend]:

@@ -36,6 +36,7 @@ class ExportOptions:
     int8: bool = False
     trt: bool = False
     trt_fp32: bool = False  # also the float32 engine (the reference for the others)
+    openvino: bool = False  # OpenVINO IRs of the float (and with int8, the QDQ) ONNX
     bake_preprocess: bool = False
     argmax: bool = False
 
@@ -98,12 +99,16 @@ def export_checkpoint(model_path: Path, overrides: list[str] | None = None,
     options = options or ExportOptions()
     say = report or (lambda msg: log.info(msg))
     formats = formats_for_flags(fp16=options.fp16, int8=options.int8, trt=options.trt,
-                                trt_fp32=options.trt_fp32)
+                                trt_fp32=options.trt_fp32, openvino=options.openvino)
     names = {f.name for f in formats}
     if any(f.needs_gpu for f in formats):
         from diga.export.tensorrt_build import check_tensorrt_ready
 
         check_tensorrt_ready()  # fail in a second, not after minutes of export and calibration
+    if any(f.suffix == ".xml" for f in formats):
+        from diga.runtime.openvino_model import import_openvino
+
+        import_openvino()  # the same: the missing extra in one line, before any work
     model, saved, ckpt = load_model(Path(model_path), "cpu")
     cfg = export_config(ckpt.config, list(overrides or []))
     out = Path(out_dir) if out_dir is not None else default_out_dir(model_path)
@@ -166,7 +171,19 @@ def export_checkpoint(model_path: Path, overrides: list[str] | None = None,
         files.append(ExportedFile(fmt.name, paths[fmt.name], "int8",
                                   paths[fmt.name].stat().st_size, parity_of(fmt)))
 
-    if names & {"onnx-fp16", "onnx-int8"}:
+    for fmt in (f for f in formats if f.suffix == ".xml"):
+        from diga.export.openvino_export import export_openvino
+
+        say(f"converting {paths[fmt.source].name} to the OpenVINO IR {fmt.file}")
+        paths[fmt.name] = export_openvino(paths[fmt.source], out / fmt.file,
+                                          info.replace(precision=fmt.precision))
+        files.append(ExportedFile(fmt.name, paths[fmt.name], fmt.precision,
+                                  paths[fmt.name].stat().st_size
+                                  + paths[fmt.name].with_suffix(".bin").stat().st_size,
+                                  check_parity(reference, paths[fmt.name], parity_set,
+                                               backend="openvino").as_dict()))
+
+    if names & {"onnx-fp16", "onnx-int8", "openvino-int8"}:
         _evaluate(files, cfg, summary, say)
 
     parity = {f.format: (f.parity or {}).get("pixel_agreement") for f in files}
@@ -199,7 +216,8 @@ def export_checkpoint(model_path: Path, overrides: list[str] | None = None,
 
 
 def _evaluate(files: list[ExportedFile], cfg: Config, summary: ExportSummary, say: Report) -> None:
-    """Target-val mIoU of the float ONNX and its fp16 / int8 variants, all through onnxruntime."""
+    """Target-val mIoU of the float ONNX and its variants on the CPU (onnxruntime; OpenVINO for
+    the IRs)."""
     ex = cfg.export
     say("reading target val images for the mIoU comparison")
     val = target_images(cfg, "val", ex.eval_images, finest=True)
@@ -207,7 +225,8 @@ def _evaluate(files: list[ExportedFile], cfg: Config, summary: ExportSummary, sa
         summary.notes.append("target val has no labels: no mIoU measured")
         return
     for exported in files:
-        say(f"target-val mIoU of {exported.path.name} on {len(val)} images (onnxruntime CPU)")
+        runtime = "OpenVINO" if exported.path.suffix == ".xml" else "onnxruntime"
+        say(f"target-val mIoU of {exported.path.name} on {len(val)} images ({runtime} CPU)")
         try:
             exported.evaluation = evaluate_model_file(exported.path, val, backend="cpu")
         except UserError as exc:  # e.g. an fp16 op this onnxruntime has no CPU kernel for

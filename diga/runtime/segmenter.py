@@ -1,11 +1,11 @@
-"""``Segmenter``: an exported model (.onnx or .engine) behind one call, image in, labels out.
+"""``Segmenter``: an exported model (.onnx, .xml or .engine) behind one call, image in, labels out.
 
     seg = Segmenter("runs/demo/export/model.onnx")        # backend="auto"
     labels = seg(rgb_uint8_array_or_pil_image)            # (H, W) uint8 train ids
     color = colorize(labels, seg.info.palette)
 
-``.onnx`` runs through onnxruntime (CPU, CUDA or TensorRT execution provider), ``.engine``
-through TensorRT. The metadata inside the model gives the preprocessing, class names and
+``.onnx`` runs through onnxruntime (CPU, CUDA or TensorRT execution provider), ``.xml`` (an
+OpenVINO IR) through OpenVINO on the CPU, ``.engine`` through TensorRT. The metadata inside the model gives the preprocessing, class names and
 palette. No torch: an app needs numpy, Pillow and onnxruntime (or TensorRT) alone.
 """
 
@@ -33,7 +33,8 @@ from diga.runtime.preprocess import (
     to_rgb_uint8,
 )
 
-BACKENDS = ("auto", "cpu", "cuda", "tensorrt")
+BACKENDS = ("auto", "cpu", "cuda", "tensorrt", "openvino")
+MODEL_FILE_SUFFIXES = (".onnx", ".xml", ".engine", ".plan", ".trt")  # what Segmenter runs
 CPU, CUDA, TRT = "CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider"
 PROVIDER_BACKEND = {CPU: "cpu", CUDA: "cuda", TRT: "tensorrt"}
 
@@ -122,7 +123,8 @@ class Segmenter:
     """A semantic segmentation model file behind one call.
 
     Args:
-        path: an ``.onnx`` (onnxruntime) or ``.engine`` (TensorRT) written by ``diga export``.
+        path: an ``.onnx`` (onnxruntime), ``.xml`` (OpenVINO IR, CPU) or ``.engine``
+            (TensorRT) written by ``diga export``.
         backend: ``auto`` (CUDA when onnxruntime has it, else CPU; a warning if a GPU provider
             was tried and not obtained), ``cpu``, ``cuda`` or ``tensorrt`` (onnxruntime's
             TensorRT provider for ``.onnx``; ``.engine`` files always run on TensorRT).
@@ -131,17 +133,29 @@ class Segmenter:
             labelled at the scale ``diga eval`` measured; ``native``: the image's own size;
             or an explicit (H, W). Labels always come back at the image's own size (or
             ``out_size``). A static model runs at its export size only.
+        hint: OpenVINO's performance hint for an ``.xml``: ``latency`` (one stream on the
+            physical cores) or ``throughput`` (several streams).
     """
 
-    def __init__(self, path: str | Path, backend: str = "auto", size: RunSize = TRAINED) -> None:
+    def __init__(self, path: str | Path, backend: str = "auto", size: RunSize = TRAINED,
+                 hint: str = "latency") -> None:
         self.path = Path(path)
         check_backend(backend)
         if not self.path.is_file():
-            raise UserError(f"model not found: {self.path}", "give an .onnx or .engine file "
-                            "written by 'diga export'")
+            raise UserError(f"model not found: {self.path}", "give an .onnx, .xml or .engine "
+                            "file written by 'diga export'")
         suffix = self.path.suffix.lower()
         if suffix == ".onnx":
             self._model: Any = _OrtModel(self.path, backend)
+            self.backend, self.provider = self._model.backend, self._model.provider
+            self.info = ModelInfo.from_props(self._model.props, str(self.path))
+        elif suffix == ".xml":
+            if backend not in ("auto", "cpu", "openvino"):
+                raise UserError(f"an OpenVINO IR runs on OpenVINO's CPU plugin, not on backend "
+                                f"'{backend}'", "use --backend openvino (or auto / cpu)")
+            from diga.runtime.openvino_model import OpenVINOModel
+
+            self._model = OpenVINOModel(self.path, hint)
             self.backend, self.provider = self._model.backend, self._model.provider
             self.info = ModelInfo.from_props(self._model.props, str(self.path))
         elif suffix in (".engine", ".plan", ".trt"):
@@ -156,7 +170,7 @@ class Segmenter:
             self.backend, self.provider = "tensorrt", "TensorRT"
         else:
             raise UserError(f"cannot run {self.path.name}: unknown model file type '{suffix}'",
-                            "give an .onnx or .engine file (a run directory or checkpoint runs "
+                            "give an .onnx, .xml or .engine file (a run directory or checkpoint runs "
                             "through 'diga predict' / 'diga eval' with PyTorch)")
         self.size = check_run_size(self.info, size, str(self.path))
         if size == TRAINED and not self.info.scale_recorded and self.info.dynamic:

@@ -1,0 +1,26 @@
+"""OpenVINO IR from our ONNX: ``openvino.convert_model``, with the metadata in the IR's rt_info.
+
+The float IR comes from ``model.onnx``; the INT8 IR from the symmetric QDQ ``model.int8.onnx``,
+whose QuantizeLinear / DequantizeLinear pairs OpenVINO turns into FakeQuantize and runs with
+int8 kernels: the same calibration (the same target images, the same scales) as onnxruntime's.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from diga.runtime.metadata import ModelInfo
+from diga.runtime.openvino_model import import_openvino, write_props
+
+
+def export_openvino(onnx_path: Path, xml_path: Path, info: ModelInfo) -> Path:
+    """Convert ``onnx_path`` to ``xml_path`` (+ ``.bin``) with ``info`` in rt_info["diga"].
+
+    Weights keep their precision (no fp16 compression): the IR computes what the ONNX does.
+    """
+    ov = import_openvino()
+    model = ov.convert_model(str(onnx_path))
+    write_props(model, info.to_props())
+    xml_path.parent.mkdir(parents=True, exist_ok=True)
+    ov.save_model(model, str(xml_path), compress_to_fp16=False)
+    return xml_path

@@ -1,0 +1,139 @@
+"""OpenVINO IRs: export with the metadata inside, the runtime against the ONNX, INT8 mIoU,
+bench / eval / predict on IR files, no torch in the runtime, the missing-extra message.
+
+On the users' path: ``gta2cs-deeplabv2`` scaled down (``diga.benchmarks.paper_path``) on
+``make-demo`` data in the real GTA5 / Cityscapes layouts, trained at the preset's 32x64 resize
+of 64x128 frames; the runtime gets the raw frames and resizes them to the trained scale.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from diga.benchmarks.paper_path import scaled_overrides, write_data
+from diga.cli.app import app
+from diga.data.layouts import read_image
+from diga.errors import UserError
+from diga.export.formats import format_of_file, formats_for_flags
+from diga.runtime import Segmenter
+
+pytest.importorskip("openvino", reason="the openvino extra is not installed")
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+runner = CliRunner()
+PRESET = "gta2cs-deeplabv2"
+
+
+def invoke(*args: object) -> str:
+    result = runner.invoke(app, [str(a) for a in args])
+    assert result.exit_code == 0, f"diga {' '.join(map(str, args))}:\n{result.output}"
+    return result.output
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory) -> dict:
+    """A 12-step warm-up of the scaled paper preset, exported with --openvino --int8."""
+    tmp = tmp_path_factory.mktemp("openvino")
+    data = write_data(invoke, tmp / "data")
+    keys = scaled_overrides(PRESET, data, steps=12) + ["train.eval_every=0"]
+    invoke("train", "warmup", PRESET, *keys, "--out", tmp / "run", "-q")
+    invoke("export", tmp / "run", "--openvino", "--int8")
+    frames = sorted((data / "cityscapes" / "leftImg8bit" / "val").rglob("*_leftImg8bit.png"))
+    return {"run": tmp / "run", "export": tmp / "run" / "export", "frames": frames,
+            "summary": json.loads((tmp / "run" / "export" / "export.json").read_text())}
+
+
+def test_ir_files_and_metadata(exported):
+    out = exported["export"]
+    for name in ("model.xml", "model.bin", "model.int8.xml", "model.int8.bin"):
+        assert (out / name).is_file(), name
+    onnx_info = Segmenter(out / "model.onnx", "cpu").info
+    for name, precision in (("model.xml", "fp32"), ("model.int8.xml", "int8")):
+        seg = Segmenter(out / name)
+        assert seg.backend == "openvino" and seg.provider.startswith("OpenVINO")
+        info = seg.info
+        assert info.precision == precision and info.inference_size == (32, 64)  # trained scale
+        assert info.class_names == onnx_info.class_names and info.mean == onnx_info.mean
+        assert np.array_equal(info.palette, onnx_info.palette)
+        assert info.provenance == onnx_info.provenance
+
+
+def test_ir_labels_agree_with_the_onnx_on_raw_frames(exported):
+    out = exported["export"]
+    frames = [read_image(p) for p in exported["frames"]]
+    assert frames[0].shape[:2] == (64, 128)  # raw frames, twice the trained scale
+    onnx = Segmenter(out / "model.onnx", "cpu").predict_batch(frames)
+    ir = Segmenter(out / "model.xml").predict_batch(frames)
+    assert all(label.shape == (64, 128) for label in ir)
+    agreement = np.mean([np.mean(a == b) for a, b in zip(onnx, ir, strict=True)])
+    assert agreement >= 0.999
+    parity = {f["format"]: f["parity"] for f in exported["summary"]["files"]}
+    assert parity["openvino"]["pixel_agreement"] >= 99.9  # against PyTorch, at export
+
+
+def test_int8_ir_miou_against_fp32(exported):
+    files = {f["format"]: f for f in exported["summary"]["files"]}
+    fp32 = files["onnx"]["evaluation"]["miou"]
+    int8 = files["openvino-int8"]["evaluation"]["miou"]
+    assert fp32 > 5  # a model that learned something, so the comparison means something
+    assert abs(int8 - fp32) <= 1.0
+    assert files["openvino-int8"]["parity"]["pixel_agreement"] >= 97
+
+
+def test_eval_bench_and_predict_take_ir_files(exported, tmp_path):
+    out = exported["export"]
+    invoke("eval", out / "model.xml", "--json", tmp_path / "ir.json")
+    invoke("eval", out / "model.onnx", "--json", tmp_path / "onnx.json")
+    ir, onnx = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("ir", "onnx"))
+    assert ir["miou"] == pytest.approx(onnx["miou"], abs=0.5)
+    invoke("bench", exported["run"], "--backend", "openvino", "--backend", "ort-cpu",
+           "bench.time_budget_s=0.2", "bench.min_iters=3", "--json", tmp_path / "bench.json")
+    rows = json.loads((tmp_path / "bench.json").read_text())["rows"]
+    ov_rows = {r["precision"]: r for r in rows if r["backend"] == "openvino"}
+    assert set(ov_rows) == {"fp32", "int8"}
+    assert all(r["status"] == "ok" and r["latency_ms"]["p50"] > 0 for r in ov_rows.values())
+    assert ov_rows["fp32"]["miou"] == pytest.approx(ir["miou"], abs=1e-6)
+    invoke("predict", out / "model.xml", *exported["frames"][:2], "--out", tmp_path / "pred")
+    assert len(list((tmp_path / "pred").rglob("*.png"))) >= 2
+
+
+def test_runtime_runs_an_ir_without_torch(exported):
+    code = ("import sys, numpy as np; from diga.runtime import Segmenter; "
+            f"seg = Segmenter({str(exported['export'] / 'model.xml')!r}); "
+            "labels = seg(np.zeros((64, 128, 3), np.uint8)); "
+            "assert labels.shape == (64, 128), labels.shape; "
+            "print('torch' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "False"
+
+
+def test_without_openvino_one_line_says_how_to_install_it(exported, monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "openvino", None)  # import openvino raises ImportError
+    with pytest.raises(UserError, match=r"pip install 'diga\[openvino\]'"):
+        Segmenter(exported["export"] / "model.xml")
+    result = runner.invoke(app, ["export", str(exported["run"]), "--openvino",
+                                 "--out", str(tmp_path / "x")])
+    assert result.exit_code == 1
+    assert "openvino" in result.output and "Traceback" not in result.output
+
+
+def test_format_table_knows_the_irs():
+    assert [f.name for f in formats_for_flags(openvino=True)] == ["onnx", "openvino"]
+    assert [f.name for f in formats_for_flags(openvino=True, int8=True)] == [
+        "onnx", "onnx-int8", "openvino", "openvino-int8"]
+    assert format_of_file(Path("model.int8.xml")).name == "openvino-int8"
+    assert format_of_file(Path("model.xml")).backends == ("openvino",)
+
+
+def test_an_ir_without_its_bin_is_one_line(exported, tmp_path):
+    lone = tmp_path / "model.xml"
+    lone.write_bytes((exported["export"] / "model.xml").read_bytes())
+    with pytest.raises(UserError, match="model.bin"):
+        Segmenter(lone)
