@@ -137,3 +137,52 @@ def test_an_ir_without_its_bin_is_one_line(exported, tmp_path):
     lone.write_bytes((exported["export"] / "model.xml").read_bytes())
     with pytest.raises(UserError, match="model.bin"):
         Segmenter(lone)
+
+
+@pytest.fixture(scope="module")
+def cpp_app(tmp_path_factory) -> Path:
+    """``examples/cpp`` built against the openvino wheel's CMake config."""
+    import shutil
+
+    import openvino
+
+    missing = [tool for tool in ("cmake", "c++") if shutil.which(tool) is None]
+    if missing:
+        pytest.skip(f"no {' or '.join(missing)} to build the C++ app")
+    build = tmp_path_factory.mktemp("cpp")
+    root = Path(__file__).resolve().parents[1] / "examples" / "cpp"
+    ov_cmake = Path(openvino.__file__).parent / "cmake"
+    configure = subprocess.run(["cmake", "-S", root, "-B", build, f"-DOpenVINO_DIR={ov_cmake}"],
+                               capture_output=True, text=True)
+    if configure.returncode and "PNG" in configure.stdout + configure.stderr:
+        pytest.skip("libpng's headers are missing (apt-get install libpng-dev)")
+    assert configure.returncode == 0, configure.stdout[-2000:] + configure.stderr[-2000:]
+    made = subprocess.run(["cmake", "--build", build, "-j2"], capture_output=True, text=True)
+    assert made.returncode == 0, made.stdout[-3000:] + made.stderr[-2000:]
+    return build / "diga_segment"
+
+
+@pytest.mark.parametrize("model", ["model.xml", "model.onnx"])
+def test_cpp_app_labels_equal_the_python_runtime(exported, cpp_app, tmp_path, model):
+    from PIL import Image
+
+    path = exported["export"] / model
+    seg = Segmenter(path, "openvino" if model.endswith(".xml") else "cpu")
+    agreement = []
+    for frame in exported["frames"][:4]:  # raw 64x128 frames; the model runs at 32x64
+        out = tmp_path / f"{frame.stem}.png"
+        proc = subprocess.run([cpp_app, path, frame, out], capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr
+        assert "ran at 32x64" in proc.stdout
+        labels = np.asarray(Image.open(out))
+        expected = seg(read_image(frame))
+        assert labels.shape == expected.shape == (64, 128) and labels.dtype == np.uint8
+        agreement.append(np.mean(labels == expected))
+    assert np.mean(agreement) >= 0.999, agreement
+
+
+def test_cpp_app_bad_input_is_one_line(exported, cpp_app, tmp_path):
+    proc = subprocess.run([cpp_app, exported["export"] / "model.xml", tmp_path / "none.png",
+                           tmp_path / "out.png"], capture_output=True, text=True)
+    assert proc.returncode == 1 and not (tmp_path / "out.png").exists()
+    assert proc.stderr.startswith("diga_segment: cannot read") and proc.stderr.count("\n") == 1
