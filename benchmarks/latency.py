@@ -142,7 +142,7 @@ def measure_row(entry: ModelEntry, backend: str, ctx: BenchContext,
             runner: TorchRunner | RuntimeRunner = (
                 TorchRunner(entry.path, entry.cfg, compiled) if backend == "torch"
                 else RuntimeRunner(entry.path, BACKENDS[backend].runtime,
-                                   entry.cfg.bench.input_size or TRAINED))
+                                   entry.cfg.bench.input_size or TRAINED, BACKENDS[backend].hint))
         row["notes"].extend(str(w.message) for w in caught
                             if issubclass(w.category, SegmenterWarning))
     except UserError as exc:  # no GPU, no TensorRT, no such provider, run.device=cuda on a CPU
@@ -247,7 +247,10 @@ def missing_row(group: ModelGroup, backend: str) -> dict[str, Any]:
     """A row for a backend that none of a group's models can run on."""
     needs = {"torch": ("a checkpoint", "give the run directory or checkpoint folder"),
              "trt": ("a TensorRT engine (.engine)", "build one with 'diga export RUN --trt' on a "
-                     "machine with TensorRT and an NVIDIA GPU")}
+                     "machine with TensorRT and an NVIDIA GPU"),
+             "openvino": ("an OpenVINO IR (.xml)", "write one with 'diga export RUN --openvino'"),
+             "openvino-tput": ("an OpenVINO IR (.xml)",
+                               "write one with 'diga export RUN --openvino'")}
     what, hint = needs.get(backend, ("an .onnx file", "write one with 'diga export RUN'"))
     return new_row(str(group.argument), backend, None,
                    f"unavailable: {backend} needs {what} and {group.argument} has none; {hint}")

@@ -127,8 +127,9 @@ class TorchRunner:
 class RuntimeRunner:
     """An exported file through ``diga.runtime.Segmenter``, exactly as an app runs it."""
 
-    def __init__(self, path: Path, backend: str, size: RunSize = TRAINED) -> None:
-        self.seg = Segmenter(path, backend=backend, size=size)
+    def __init__(self, path: Path, backend: str, size: RunSize = TRAINED,
+                 hint: str = "latency") -> None:
+        self.seg = Segmenter(path, backend=backend, size=size, hint=hint)
         self.info = self.seg.info
         self.provider = self.seg.provider
         self.device = torch.device("cpu" if self.seg.backend in ("cpu", "openvino") else "cuda")

@@ -251,6 +251,9 @@ class ExportConfig(Section):
     input_size: Size | None = None
     calib_images: int = Field(32, ge=1)
     calib_method: Literal["minmax", "entropy", "percentile"] = "minmax"
+    # the INT8 IR: converted from the QDQ ONNX (its calibration), or NNCF's own quantisation
+    # of the float IR on the same images
+    openvino_int8: Literal["qdq", "nncf"] = "qdq"
     parity_images: int = Field(8, ge=1)
     trt_min_size: Size = (256, 512)
     trt_opt_size: Size = (512, 1024)

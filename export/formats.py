@@ -21,6 +21,7 @@ class Backend:
     runtime: str  # ``Segmenter(backend=...)`` for ONNX / engines, "torch" for checkpoints
     needs_gpu: bool
     description: str
+    hint: str = "latency"  # ``Segmenter(hint=...)``: OpenVINO's performance hint
 
 
 BACKENDS: dict[str, Backend] = {b.name: b for b in (
@@ -29,7 +30,9 @@ BACKENDS: dict[str, Backend] = {b.name: b for b in (
     Backend("ort-cuda", "cuda", True, "onnxruntime, CUDAExecutionProvider"),
     Backend("ort-trt", "tensorrt", True, "onnxruntime, TensorrtExecutionProvider"),
     Backend("trt", "tensorrt", True, "TensorRT engine"),
-    Backend("openvino", "openvino", False, "OpenVINO, CPU plugin"),
+    Backend("openvino", "openvino", False, "OpenVINO, CPU plugin, latency hint"),
+    Backend("openvino-tput", "openvino", False, "OpenVINO, CPU plugin, throughput hint",
+            hint="throughput"),
 )}
 
 
@@ -60,9 +63,9 @@ FORMATS: dict[str, ExportFormat] = {f.name: f for f in (
                  False, "onnx", "ONNX, float16 weights and activations, float32 I/O (for GPUs)"),
     ExportFormat("onnx-int8", "model.int8.onnx", ".onnx", "int8", ("ort-cpu", "ort-cuda", "ort-trt"),
                  False, "onnx", "ONNX with QDQ int8, calibrated on target-domain images"),
-    ExportFormat("openvino", "model.xml", ".xml", "fp32", ("openvino",), False, "onnx",
+    ExportFormat("openvino", "model.xml", ".xml", "fp32", ("openvino", "openvino-tput"), False, "onnx",
                  "OpenVINO IR (+ .bin), float32, converted from the ONNX"),
-    ExportFormat("openvino-int8", "model.int8.xml", ".xml", "int8", ("openvino",), False,
+    ExportFormat("openvino-int8", "model.int8.xml", ".xml", "int8", ("openvino", "openvino-tput"), False,
                  "onnx-int8", "OpenVINO IR from the QDQ int8 ONNX (its calibration)"),
     # TensorRT engines are strongly typed (TensorRT 11; 10.12+ with the STRONGLY_TYPED flag):
     # each takes its precision from the ONNX it is built from, with no precision builder flag

@@ -24,3 +24,30 @@ def export_openvino(onnx_path: Path, xml_path: Path, info: ModelInfo) -> Path:
     xml_path.parent.mkdir(parents=True, exist_ok=True)
     ov.save_model(model, str(xml_path), compress_to_fp16=False)
     return xml_path
+
+
+def quantize_openvino_nncf(xml_path: Path, out_path: Path, images: list, info: ModelInfo) -> Path:
+    """INT8 IR by NNCF's post-training quantisation of the float IR, calibrated on ``images``
+    (RGB uint8) prepared exactly as ``Segmenter`` prepares them (the ONNX INT8's images).
+
+    Raises:
+        UserError: NNCF is not installed.
+    """
+    try:
+        import nncf
+    except ImportError:
+        from diga.errors import UserError
+
+        raise UserError("export.openvino_int8=nncf needs NNCF, which is not installed",
+                        "pip install nncf, or use export.openvino_int8=qdq") from None
+    from diga.runtime.openvino_model import shared_core
+    from diga.runtime.preprocess import prepare_batch, to_model_size
+
+    ov = import_openvino()
+    model = shared_core().read_model(str(xml_path))
+    batches = [prepare_batch([to_model_size(image, info)], info) for image in images]
+    quantized = nncf.quantize(model, nncf.Dataset(batches), subset_size=len(batches),
+                              preset=nncf.QuantizationPreset.PERFORMANCE)  # symmetric, as QDQ
+    write_props(quantized, info.to_props())
+    ov.save_model(quantized, str(out_path), compress_to_fp16=False)
+    return out_path

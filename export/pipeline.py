@@ -140,6 +140,15 @@ def export_checkpoint(model_path: Path, overrides: list[str] | None = None,
     paths["onnx"] = result.path
     reference = ExportWrapper(model, info).eval()
 
+    calibration_images: list = []
+
+    def calibration() -> list:
+        """The INT8 calibration images (target train), read once for every INT8 format."""
+        if not calibration_images:
+            calibration_images.extend(item.image for item in
+                                      target_images(cfg, "train", ex.calib_images))
+        return calibration_images
+
     def parity_of(fmt: ExportFormat) -> dict[str, Any]:
         say(f"parity of {fmt.file} vs PyTorch on {len(parity_set)} target images")
         return check_parity(reference, paths[fmt.name], parity_set).as_dict()
@@ -166,17 +175,25 @@ def export_checkpoint(model_path: Path, overrides: list[str] | None = None,
 
         fmt = FORMATS["onnx-int8"]
         say(f"calibrating int8 ({ex.calib_method}) on {ex.calib_images} target train images")
-        calib = [item.image for item in target_images(cfg, "train", ex.calib_images)]
-        paths[fmt.name] = quantize_int8(paths["onnx"], out / fmt.file, calib, info, ex.calib_method)
+        paths[fmt.name] = quantize_int8(paths["onnx"], out / fmt.file, calibration(), info,
+                                        ex.calib_method)
         files.append(ExportedFile(fmt.name, paths[fmt.name], "int8",
                                   paths[fmt.name].stat().st_size, parity_of(fmt)))
 
     for fmt in (f for f in formats if f.suffix == ".xml"):
         from diga.export.openvino_export import export_openvino
 
-        say(f"converting {paths[fmt.source].name} to the OpenVINO IR {fmt.file}")
-        paths[fmt.name] = export_openvino(paths[fmt.source], out / fmt.file,
-                                          info.replace(precision=fmt.precision))
+        if fmt.precision == "int8" and ex.openvino_int8 == "nncf":
+            from diga.export.openvino_export import quantize_openvino_nncf
+
+            say(f"quantising {paths['openvino'].name} with NNCF on {ex.calib_images} target "
+                f"train images: {fmt.file}")
+            paths[fmt.name] = quantize_openvino_nncf(paths["openvino"], out / fmt.file,
+                                                     calibration(), info.replace(precision="int8"))
+        else:
+            say(f"converting {paths[fmt.source].name} to the OpenVINO IR {fmt.file}")
+            paths[fmt.name] = export_openvino(paths[fmt.source], out / fmt.file,
+                                              info.replace(precision=fmt.precision))
         files.append(ExportedFile(fmt.name, paths[fmt.name], fmt.precision,
                                   paths[fmt.name].stat().st_size
                                   + paths[fmt.name].with_suffix(".bin").stat().st_size,

@@ -92,13 +92,15 @@ def test_eval_bench_and_predict_take_ir_files(exported, tmp_path):
     invoke("eval", out / "model.onnx", "--json", tmp_path / "onnx.json")
     ir, onnx = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("ir", "onnx"))
     assert ir["miou"] == pytest.approx(onnx["miou"], abs=0.5)
-    invoke("bench", exported["run"], "--backend", "openvino", "--backend", "ort-cpu",
-           "bench.time_budget_s=0.2", "bench.min_iters=3", "--json", tmp_path / "bench.json")
+    invoke("bench", exported["run"], "--backend", "openvino", "--backend", "openvino-tput",
+           "--backend", "ort-cpu", "bench.time_budget_s=0.2", "bench.min_iters=3",
+           "--json", tmp_path / "bench.json")
     rows = json.loads((tmp_path / "bench.json").read_text())["rows"]
-    ov_rows = {r["precision"]: r for r in rows if r["backend"] == "openvino"}
-    assert set(ov_rows) == {"fp32", "int8"}
+    ov_rows = {(r["backend"], r["precision"]): r for r in rows if "openvino" in r["backend"]}
+    assert set(ov_rows) == {(b, p) for b in ("openvino", "openvino-tput") for p in ("fp32", "int8")}
     assert all(r["status"] == "ok" and r["latency_ms"]["p50"] > 0 for r in ov_rows.values())
-    assert ov_rows["fp32"]["miou"] == pytest.approx(ir["miou"], abs=1e-6)
+    for backend in ("openvino", "openvino-tput"):  # the hint changes speed, not labels
+        assert ov_rows[(backend, "fp32")]["miou"] == pytest.approx(ir["miou"], abs=1e-6)
     invoke("predict", out / "model.xml", *exported["frames"][:2], "--out", tmp_path / "pred")
     assert len(list((tmp_path / "pred").rglob("*.png"))) >= 2
 
@@ -129,7 +131,7 @@ def test_format_table_knows_the_irs():
     assert [f.name for f in formats_for_flags(openvino=True, int8=True)] == [
         "onnx", "onnx-int8", "openvino", "openvino-int8"]
     assert format_of_file(Path("model.int8.xml")).name == "openvino-int8"
-    assert format_of_file(Path("model.xml")).backends == ("openvino",)
+    assert format_of_file(Path("model.xml")).backends == ("openvino", "openvino-tput")
 
 
 def test_an_ir_without_its_bin_is_one_line(exported, tmp_path):
@@ -186,3 +188,34 @@ def test_cpp_app_bad_input_is_one_line(exported, cpp_app, tmp_path):
                            tmp_path / "out.png"], capture_output=True, text=True)
     assert proc.returncode == 1 and not (tmp_path / "out.png").exists()
     assert proc.stderr.startswith("diga_segment: cannot read") and proc.stderr.count("\n") == 1
+
+
+def test_nncf_int8_ir_from_the_same_calibration_images(exported, tmp_path):
+    pytest.importorskip("nncf", reason="NNCF is not installed")
+    invoke("export", exported["run"], "--openvino", "--int8", "export.openvino_int8=nncf",
+           "--out", tmp_path)
+    files = {f["format"]: f for f in json.loads((tmp_path / "export.json").read_text())["files"]}
+    seg = Segmenter(tmp_path / "model.int8.xml")
+    assert seg.info.precision == "int8" and seg.info.inference_size == (32, 64)
+    assert files["openvino-int8"]["parity"]["pixel_agreement"] >= 97
+    fp32 = files["onnx"]["evaluation"]["miou"]
+    assert abs(files["openvino-int8"]["evaluation"]["miou"] - fp32) <= 1.0
+
+
+def test_cpu_backend_settings_are_measured(exported):
+    from diga.benchmarks import cpu_backends
+
+    result = cpu_backends.measure(exported["export"] / "model.onnx", (32, 64), budget_s=0.05)
+    rows = result["p50_ms"]
+    assert "onnxruntime: all, threads default, spin (runtime)" in rows
+    assert "openvino: latency, f32 (runtime)" in rows and "openvino: throughput, f32" in rows
+    assert len(rows) >= 8 and all(v > 0 for v in rows.values())
+
+
+def test_bench_says_which_file_openvino_needs(exported, tmp_path):
+    invoke("bench", exported["export"] / "model.onnx", "--backend", "openvino",
+           "bench.time_budget_s=0.1", "bench.min_iters=1", "--json", tmp_path / "b.json")
+    (row,) = json.loads((tmp_path / "b.json").read_text())["rows"]
+    assert row["status"] == (f"unavailable: openvino needs an OpenVINO IR (.xml) and "
+                             f"{exported['export'] / 'model.onnx'} has none; write one with "
+                             "'diga export RUN --openvino'")
