@@ -62,6 +62,7 @@ void write_png_gray(const std::string& path, const std::vector<uint8_t>& labels,
 
 struct Metadata {
   std::vector<std::string> class_names;
+  std::vector<float> palette;  // (C, 3) RGB colours, for an app that draws the labels
   std::vector<float> mean, std;
   int inference_h = 0, inference_w = 0;  // 0: each image runs at its own size
   std::string input_kind, layout, output_kind;
@@ -102,6 +103,9 @@ Metadata read_metadata(const std::shared_ptr<ov::Model>& model) {
     throw std::runtime_error("unknown metadata format: export the model with 'diga export'");
   Metadata m;
   m.class_names = json_strings(rt_string(model, section, "class_names"));
+  m.palette = json_numbers(rt_string(model, section, "palette"));  // [[r, g, b], ...]
+  if (m.palette.size() != m.class_names.size() * 3)
+    throw std::runtime_error("the model's palette does not have a colour per class");
   m.mean = json_numbers(rt_string(model, section, "mean"));
   m.std = json_numbers(rt_string(model, section, "std"));
   m.input_kind = rt_string(model, section, "input_kind");
