@@ -26,9 +26,11 @@ class TorchPredictor:
 
         from diga.train.evaluate import TorchSegmenter
 
-        if backend == "tensorrt":
-            raise UserError("backend 'tensorrt' runs .onnx and .engine files, not checkpoints",
-                            "export first (diga export RUN --trt), or use --backend auto|cpu|cuda")
+        if backend in ("tensorrt", "openvino"):
+            files = ".onnx and .engine" if backend == "tensorrt" else ".xml"
+            flag = "--trt" if backend == "tensorrt" else "--openvino"
+            raise UserError(f"backend '{backend}' runs {files} files, not checkpoints",
+                            f"export first (diga export RUN {flag}), or use --backend auto|cpu|cuda")
         if backend == "cuda" and not torch.cuda.is_available():
             raise UserError("backend 'cuda' needs a CUDA GPU, and PyTorch sees none here",
                             "use --backend cpu (or auto)")
@@ -158,7 +160,7 @@ def predict_command(
     inputs: Annotated[list[Path], typer.Argument(help="Images and folders of images.",
                                                  show_default=False)],
     out: Annotated[Path, typer.Option("--out", help="Folder for the outputs.", show_default=False)],
-    backend: Annotated[str, typer.Option("--backend", help="auto, cpu, cuda or tensorrt.")] = "auto",
+    backend: Annotated[str, typer.Option("--backend", help="auto, cpu, cuda, tensorrt or openvino.")] = "auto",
     alpha: Annotated[float, typer.Option("--alpha", min=0.0, max=1.0,
                                          help="Opacity of the colour mask in overlays.")] = 0.5,
     native_size: Annotated[bool, typer.Option(

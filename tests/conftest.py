@@ -54,3 +54,14 @@ def write_png16_rgb(path: Path, channel0: np.ndarray) -> Path:
     with open(path, "wb") as fh:
         png.Writer(w, h, greyscale=False, bitdepth=16).write(fh, rgb.reshape(h, w * 3).tolist())
     return path
+
+
+def diga_ok(*args: object) -> str:
+    """Run ``diga ARGS`` through Typer's runner; its output, after asserting exit code 0."""
+    from typer.testing import CliRunner
+
+    from diga.cli.app import app
+
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    assert result.exit_code == 0, f"diga {' '.join(map(str, args))}:\n{result.output}"
+    return result.output

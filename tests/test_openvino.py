@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import diga_ok
 from typer.testing import CliRunner
 
 from diga.benchmarks.paper_path import scaled_overrides, write_data
@@ -30,10 +31,7 @@ runner = CliRunner()
 PRESET = "gta2cs-deeplabv2"
 
 
-def invoke(*args: object) -> str:
-    result = runner.invoke(app, [str(a) for a in args])
-    assert result.exit_code == 0, f"diga {' '.join(map(str, args))}:\n{result.output}"
-    return result.output
+invoke = diga_ok  # diga ARGS, asserting exit code 0; its output
 
 
 @pytest.fixture(scope="module")
@@ -219,3 +217,11 @@ def test_bench_says_which_file_openvino_needs(exported, tmp_path):
     assert row["status"] == (f"unavailable: openvino needs an OpenVINO IR (.xml) and "
                              f"{exported['export'] / 'model.onnx'} has none; write one with "
                              "'diga export RUN --openvino'")
+
+
+def test_predict_with_openvino_on_a_checkpoint_is_one_line(exported, tmp_path):
+    result = runner.invoke(app, ["predict", str(exported["run"]), str(exported["frames"][0]),
+                                 "--backend", "openvino", "--out", str(tmp_path / "p")])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "backend 'openvino' runs .xml files, not checkpoints" in result.output
+    assert "diga export RUN --openvino" in result.output

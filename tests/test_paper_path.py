@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from conftest import diga_ok
 from PIL import Image
 from safetensors import safe_open
 from typer.testing import CliRunner
@@ -23,10 +24,7 @@ RAW = (64, 128)  # Cityscapes 1024x2048 / 16: the frames an app receives
 TRAINED = (32, 64)  # the presets' 512x1024 / 16: the scale the model is trained and run at
 
 
-def invoke(*args: object) -> str:
-    result = runner.invoke(app, [str(a) for a in args])
-    assert result.exit_code == 0, f"diga {' '.join(map(str, args))}:\n{result.output}"
-    return result.output
+invoke = diga_ok  # diga ARGS, asserting exit code 0; its output
 
 
 @pytest.fixture(scope="module")
