@@ -5,8 +5,9 @@
     color = colorize(labels, seg.info.palette)
 
 ``.onnx`` runs through onnxruntime (CPU, CUDA or TensorRT execution provider), ``.xml`` (an
-OpenVINO IR) through OpenVINO on the CPU, ``.engine`` through TensorRT. The metadata inside the model gives the preprocessing, class names and
-palette. No torch: an app needs numpy, Pillow and onnxruntime (or TensorRT) alone.
+OpenVINO IR) through OpenVINO on the CPU, ``.engine`` through TensorRT. The metadata inside the
+model gives the preprocessing, class names and palette. No torch: an app needs numpy, Pillow
+and onnxruntime (or OpenVINO, or TensorRT) alone.
 """
 
 from __future__ import annotations
@@ -127,7 +128,8 @@ class Segmenter:
             (TensorRT) written by ``diga export``.
         backend: ``auto`` (CUDA when onnxruntime has it, else CPU; a warning if a GPU provider
             was tried and not obtained), ``cpu``, ``cuda`` or ``tensorrt`` (onnxruntime's
-            TensorRT provider for ``.onnx``; ``.engine`` files always run on TensorRT).
+            TensorRT provider for ``.onnx``; ``.engine`` files always run on TensorRT), or
+            ``openvino`` (``.xml`` files run on OpenVINO's CPU plugin with auto and cpu too).
         size: the size each image runs at. ``trained`` (the default): the size the model was
             trained and evaluated at (``info.inference_size``), so a raw camera frame is
             labelled at the scale ``diga eval`` measured; ``native``: the image's own size;
@@ -170,8 +172,8 @@ class Segmenter:
             self.backend, self.provider = "tensorrt", "TensorRT"
         else:
             raise UserError(f"cannot run {self.path.name}: unknown model file type '{suffix}'",
-                            "give an .onnx, .xml or .engine file (a run directory or checkpoint runs "
-                            "through 'diga predict' / 'diga eval' with PyTorch)")
+                            "give an .onnx, .xml or .engine file (a run directory or checkpoint "
+                            "runs through 'diga predict' / 'diga eval' with PyTorch)")
         self.size = check_run_size(self.info, size, str(self.path))
         if size == TRAINED and not self.info.scale_recorded and self.info.dynamic:
             warnings.warn(f"{self.path.name} records no inference size (exported by diga 0.1): "
