@@ -6,12 +6,15 @@ import contextlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 
 from diga.errors import UserError
+
+if TYPE_CHECKING:  # the config schema imports the models: not at CLI start-up
+    from diga.config import Config
 
 console = Console()
 err_console = Console(stderr=True)
@@ -39,6 +42,36 @@ Devices = Annotated[
                  "processes (one per GPU; CPU processes with gloo where there is no GPU). For "
                  "several nodes run torchrun yourself (README: Scale out).", show_default=False),
 ]
+
+
+Out = Annotated[Path | None, typer.Option("--out", help="Run directory (default runs/<stage>, "
+                                          "runs/<stage>-2, ... never overwriting a run).")]
+Resume = Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last "
+                                      "checkpoint (its saved config + any overrides).")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
+
+
+def stage_config(args: list[str] | None, out: Path | None, resume: bool) -> Config:
+    """The config of a training command: CONFIG + overrides, or with ``--resume`` the run's
+    saved config + overrides."""
+    from diga.config import load_config
+
+    config, overrides = split_config_args(args)
+    if resume:
+        from diga.train.stages import run_config
+
+        if out is None:
+            raise UserError("--resume needs the run directory", "pass --out RUN_DIR")
+        return load_config_from(run_config(out), overrides)
+    return load_config(config, overrides)
+
+
+def load_config_from(base: Config, overrides: list[str]) -> Config:
+    """A saved ``Config`` with ``key=value`` overrides applied and validated."""
+    from diga.config import build_config, deep_merge, parse_overrides
+
+    return build_config(deep_merge(base.to_dict(), parse_overrides(overrides)),
+                        "run config + overrides")
 
 
 def launch_on_devices(devices: int, run, args: list[str], max_restarts: int = 0) -> None:
@@ -106,15 +139,6 @@ def split_config_args(args: list[str] | None) -> tuple[str | None, list[str]]:
         raise UserError(f"unexpected argument '{stray[0]}'",
                         "give CONFIG first, then key.sub=value overrides")
     return config, rest
-
-
-def check_output_dir(path: Path, resume: bool = False) -> None:
-    """Refuse to write a new run over an existing, non-empty run directory."""
-    if path.exists() and not path.is_dir():
-        raise UserError(f"output path {path} exists and is a file", "choose a folder with --out")
-    if not resume and path.is_dir() and any(path.iterdir()):
-        raise UserError(f"run directory {path} already exists and is not empty",
-                        "pass --resume to continue it, or choose another --out")
 
 
 def print_error(exc: Exception) -> None:

@@ -35,7 +35,7 @@ def eval_command(
     Example: diga eval runs/warmup --classes 19,16,13 --json runs/warmup/eval.json
     """
     from diga.checkpoint import load_model
-    from diga.cli.train import load_config_from
+    from diga.cli.common import load_config_from
     from diga.data.datasets import build_dataset
     from diga.device import select_device
     from diga.errors import UserError

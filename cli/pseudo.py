@@ -16,7 +16,7 @@ Run = Annotated[Path, typer.Argument(help="A warm-up (or self-training) run dire
 def _load(run: Path, overrides: list[str] | None):
     """Model, config, checkpoint and device; under torchrun this joins the job first."""
     from diga.checkpoint import load_model
-    from diga.cli.train import load_config_from
+    from diga.cli.common import load_config_from
     from diga.train.distributed import init_distributed
 
     model, saved, ckpt = load_model(run, "cpu")
@@ -37,7 +37,7 @@ def _same_classes(saved, cfg, ckpt) -> None:
 def _launch(verb: str, run: Path, overrides: list[str] | None, out: Path | None,
             devices: int) -> None:
     from diga.checkpoint import load_model
-    from diga.cli.train import load_config_from
+    from diga.cli.common import load_config_from
 
     _, saved, ckpt = load_model(run, "cpu")  # a clear error for a wrong RUN before any process starts
     cfg = load_config_from(saved, overrides or [])

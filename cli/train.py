@@ -7,17 +7,21 @@ from typing import Annotated
 
 import typer
 
-from diga.cli.common import ConfigArgs, Devices, console, launch_on_devices, split_config_args
-from diga.config import Config, load_config
+from diga.cli.common import (
+    ConfigArgs,
+    Devices,
+    Out,
+    Quiet,
+    Resume,
+    console,
+    launch_on_devices,
+    stage_config,
+)
+from diga.config import Config
 
 app = typer.Typer(help="Train a stage: source (baseline), warmup (DiGA stage 1), selftrain "
                   "(DiGA stage 2).", no_args_is_help=True)
 
-Out = Annotated[Path | None, typer.Option("--out", help="Run directory (default runs/<stage>, "
-                                          "runs/<stage>-2, ... never overwriting a run).")]
-Resume = Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last "
-                                      "checkpoint (its saved config + any overrides).")]
-Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
 AutoResume = Annotated[bool, typer.Option(
     "--auto-resume", help="Resume when --out holds a checkpoint of this stage, else start "
     "fresh: one command line for torchrun restarts and a scheduler's requeue.")]
@@ -38,25 +42,6 @@ def _auto(out: Path | None, resume: bool, auto_resume: bool, max_restarts: int) 
         raise UserError("--auto-resume and --max-restarts need the run directory",
                         "pass --out RUN_DIR (the same on every restart)")
     return resume or has_checkpoint(out) or (out / "round1").is_dir()
-
-
-def _config(args: list[str] | None, out: Path | None, resume: bool) -> Config:
-    config, overrides = split_config_args(args)
-    if resume:
-        from diga.errors import UserError
-        from diga.train.stages import run_config
-
-        if out is None:
-            raise UserError("--resume needs the run directory", "pass --out RUN_DIR")
-        base = run_config(out)
-        return load_config_from(base, overrides)
-    return load_config(config, overrides)
-
-
-def load_config_from(base: Config, overrides: list[str]) -> Config:
-    from diga.config import build_config, deep_merge, parse_overrides
-
-    return build_config(deep_merge(base.to_dict(), parse_overrides(overrides)), "run config + overrides")
 
 
 def _report(stage: str, run_dir: Path, metrics: dict) -> None:
@@ -91,7 +76,7 @@ def _train(stage: str, args: list[str] | None, out: Path | None, resume: bool, q
 
     auto = auto_resume or max_restarts > 0
     resume = _auto(out, resume, auto_resume, max_restarts)
-    cfg = _config(args, out, resume)
+    cfg = stage_config(args, out, resume)
     run_dir = out or default_run_dir(stage)
     prepare_run_dir(run_dir, resume, stage, fresh_ok=auto)
     if devices is not None and devices > 1:  # the same command again, under torchrun
@@ -164,7 +149,7 @@ def selftrain(
     resume = _auto(out, resume, auto_resume, max_restarts)
     if auto and resume and out is not None:  # rounds resume themselves from the saved config
         resume = (out / "config.yaml").is_file()
-    cfg = _config(args, out, resume)
+    cfg = stage_config(args, out, resume)
     if rounds is not None:
         cfg.selftrain.rounds = rounds
     if init is not None:
@@ -202,4 +187,4 @@ def _register_translator() -> None:
     translator.register(app)
 
 
-_register_translator()  # after _config & co. are defined: the translator verb reuses them
+_register_translator()

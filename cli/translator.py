@@ -1,7 +1,7 @@
 """``diga train translator``: the optional learned source-to-target translator (METHOD stage 0).
 
-Registered on the ``diga train`` app by ``register``; it reuses that app's options and config
-handling, so it takes the same ``[CONFIG] [key=value ...] [--out] [--resume] [--quiet]``.
+Registered on the ``diga train`` app by ``register``; it takes the training commands' options
+and config handling (``diga.cli.common``), so the same ``[CONFIG] [key=value ...] [--out] [--resume] [--quiet]``.
 """
 
 # No ``from __future__ import annotations`` here: the command is defined inside ``register`` and
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import typer
 
-from diga.cli.common import ConfigArgs, console
+from diga.cli.common import ConfigArgs, Out, Quiet, Resume, console, stage_config
 
 
 def run_translator_command(args: list[str] | None, out: Path | None, resume: bool,
@@ -19,7 +19,6 @@ def run_translator_command(args: list[str] | None, out: Path | None, resume: boo
     """Load the config, prepare the run directory, train; returns the run directory."""
     import os
 
-    from diga.cli.train import _config
     from diga.errors import UserError
     from diga.train.distributed import launched_by_torchrun
     from diga.train.stages import default_run_dir, prepare_run_dir
@@ -28,7 +27,7 @@ def run_translator_command(args: list[str] | None, out: Path | None, resume: boo
     if launched_by_torchrun() and int(os.environ["WORLD_SIZE"]) > 1:
         raise UserError("the translator trains in one process, not under torchrun",
                         "run 'diga train translator' without torchrun or --devices")
-    cfg = _config(args, out, resume)
+    cfg = stage_config(args, out, resume)
     run_dir = out or default_run_dir("translator")
     prepare_run_dir(run_dir, resume, "translator")
     train_translator(cfg, run_dir, resume=resume, show_progress=not quiet)
@@ -39,8 +38,7 @@ def run_translator_command(args: list[str] | None, out: Path | None, resume: boo
 
 
 def register(train_app: typer.Typer) -> None:
-    """Add ``translator`` to the ``diga train`` app (call it after cli/train.py's options)."""
-    from diga.cli.train import Out, Quiet, Resume
+    """Add ``translator`` to the ``diga train`` app."""
 
     @train_app.command("translator")
     def translator(args: ConfigArgs = None, out: Out = None, resume: Resume = False,

@@ -21,10 +21,11 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from diga.errors import UserError
 from diga.io import file_sha256, fsync_dir, fsync_file, write_error
+from diga.models.weights import read_weights
 
 MODEL_FILE = "model.safetensors"
 TEACHER_FILE = "teacher.safetensors"
@@ -117,30 +118,6 @@ def verify_checkpoint(folder: Path) -> None:
         first = (str(exc).splitlines() or [type(exc).__name__])[0][:160]
         raise UserError(f"the checkpoint just written to {folder.parent} does not read back "
                         f"({first})", "check the disk; the previous checkpoint is intact") from None
-
-
-def read_weights(path: Path) -> dict[str, torch.Tensor]:
-    """Read a weights file: safetensors, or a torch file with ``weights_only=True``."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"weights file not found: {path}", "check the path")
-    try:
-        if path.suffix == ".safetensors":
-            return load_file(str(path))
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except (SafetensorError, RuntimeError, OSError, ValueError, EOFError) as exc:
-        first = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
-        raise UserError(f"cannot read weights file {path}: {first}",
-                        "the file is corrupt or not a weights file; re-export or re-download it") from None
-    except Exception as exc:  # e.g. pickle.UnpicklingError for files that need code to load
-        raise UserError(f"cannot read weights file {path} safely ({type(exc).__name__})",
-                        "give a .safetensors file or a plain state_dict saved with torch.save") from None
-    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise UserError(f"weights file {path} holds no state_dict of tensors",
-                        "save weights with safetensors or torch.save(model.state_dict())")
-    return state
 
 
 class Checkpoint:

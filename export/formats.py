@@ -78,12 +78,6 @@ FORMATS: dict[str, ExportFormat] = {f.name: f for f in (
 )}
 
 
-def get_format(name: str) -> ExportFormat:
-    if name not in FORMATS:
-        raise UserError(f"unknown model format '{name}'", f"choose one of: {', '.join(FORMATS)}")
-    return FORMATS[name]
-
-
 def formats_for_flags(onnx: bool = False, fp16: bool = False, int8: bool = False,
                       trt: bool = False, trt_fp32: bool = False,
                       openvino: bool = False) -> list[ExportFormat]:

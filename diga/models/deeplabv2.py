@@ -15,6 +15,7 @@ from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
 from diga.errors import UserError
 from diga.models.registry import SegmentationModel, register_model
+from diga.models.weights import read_weights
 
 
 class DilatedBasicBlock(BasicBlock):
@@ -117,8 +118,6 @@ def load_pretrained(model: SegmentationModel, path: Path) -> None:
     code). A torchvision-style ResNet state (``conv1.weight``, ``layer1...``, ``fc``) fits the
     backbone.
     """
-    from diga.checkpoint import read_weights
-
     state = read_weights(path)
     state = {k.removeprefix("module."): v for k, v in state.items()}
     target = model

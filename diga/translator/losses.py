@@ -22,9 +22,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from diga.checkpoint import read_weights
 from diga.config import IMAGENET_MEAN, IMAGENET_STD
 from diga.errors import UserError
+from diga.models.weights import read_weights
 
 # ---------------------------------------------------------------- adversarial (LSGAN)
 

@@ -25,13 +25,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from diga.checkpoint import META_FILE, MODEL_FILE, read_weights, resolve_checkpoint, save_checkpoint
+from diga.checkpoint import META_FILE, MODEL_FILE, resolve_checkpoint, save_checkpoint
 from diga.config import Config, check_data_paths, save_config
 from diga.data.classes import class_protocol
 from diga.data.datasets import build_dataset, infinite_loader
 from diga.device import select_device
 from diga.errors import UserError
 from diga.io import append_jsonl, atomic_write_json, truncate_jsonl
+from diga.models.weights import read_weights
 from diga.train.progress import StepProgress
 from diga.train.run import StageResult, check_resumable, seed_everything
 from diga.train.signals import StopOnSignal, run_stopped

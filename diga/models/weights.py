@@ -1,0 +1,36 @@
+"""Reading weights files without unpickling code: safetensors, or torch files with
+``weights_only=True``. Used for checkpoints, pretrained backbones and translator weights."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+
+from diga.errors import UserError
+
+
+def read_weights(path: Path) -> dict[str, torch.Tensor]:
+    """Read a weights file: safetensors, or a torch file with ``weights_only=True``."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"weights file not found: {path}", "check the path")
+    try:
+        if path.suffix == ".safetensors":
+            return load_file(str(path))
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (SafetensorError, RuntimeError, OSError, ValueError, EOFError) as exc:
+        first = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
+        raise UserError(f"cannot read weights file {path}: {first}",
+                        "the file is corrupt or not a weights file; re-export or re-download it") from None
+    except Exception as exc:  # e.g. pickle.UnpicklingError for files that need code to load
+        raise UserError(f"cannot read weights file {path} safely ({type(exc).__name__})",
+                        "give a .safetensors file or a plain state_dict saved with torch.save") from None
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise UserError(f"weights file {path} holds no state_dict of tensors",
+                        "save weights with safetensors or torch.save(model.state_dict())")
+    return state
