@@ -62,16 +62,10 @@ def stage_config(args: list[str] | None, out: Path | None, resume: bool) -> Conf
 
         if out is None:
             raise UserError("--resume needs the run directory", "pass --out RUN_DIR")
-        return load_config_from(run_config(out), overrides)
+        from diga.config import saved_config_with
+
+        return saved_config_with(run_config(out), overrides, "run config")
     return load_config(config, overrides)
-
-
-def load_config_from(base: Config, overrides: list[str]) -> Config:
-    """A saved ``Config`` with ``key=value`` overrides applied and validated."""
-    from diga.config import build_config, deep_merge, parse_overrides
-
-    return build_config(deep_merge(base.to_dict(), parse_overrides(overrides)),
-                        "run config + overrides")
 
 
 def launch_on_devices(devices: int, run, args: list[str], max_restarts: int = 0) -> None:

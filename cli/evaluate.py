@@ -35,7 +35,7 @@ def eval_command(
     Example: diga eval runs/warmup --classes 19,16,13 --json runs/warmup/eval.json
     """
     from diga.checkpoint import load_model
-    from diga.cli.common import load_config_from
+    from diga.config import saved_config_with
     from diga.data.datasets import build_dataset
     from diga.device import select_device
     from diga.errors import UserError
@@ -49,7 +49,7 @@ def eval_command(
     if model.suffix.lower() in MODEL_FILE_SUFFIXES:
         return _evaluate_file(model, overrides or [], json_path, native_size, requested)
     net, saved, ckpt = load_model(model, "cpu")
-    cfg = load_config_from(saved, overrides or [])
+    cfg = saved_config_with(saved, overrides, "run config")
     labels = label_protocol(cfg.data.target.kind, cfg.num_classes)
     scoring = plan_scoring(model_classes(saved.num_classes), labels, requested, cfg.num_classes,
                            f"{ckpt.folder}")

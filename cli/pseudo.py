@@ -16,11 +16,11 @@ Run = Annotated[Path, typer.Argument(help="A warm-up (or self-training) run dire
 def _load(run: Path, overrides: list[str] | None):
     """Model, config, checkpoint and device; under torchrun this joins the job first."""
     from diga.checkpoint import load_model
-    from diga.cli.common import load_config_from
+    from diga.config import saved_config_with
     from diga.train.distributed import init_distributed
 
     model, saved, ckpt = load_model(run, "cpu")
-    cfg = load_config_from(saved, overrides or [])
+    cfg = saved_config_with(saved, overrides, "run config")
     _same_classes(saved, cfg, ckpt)
     dist, device = init_distributed(cfg.run)
     return model.to(device), cfg, ckpt, device, dist
@@ -37,10 +37,10 @@ def _same_classes(saved, cfg, ckpt) -> None:
 def _launch(verb: str, run: Path, overrides: list[str] | None, out: Path | None,
             devices: int) -> None:
     from diga.checkpoint import load_model
-    from diga.cli.common import load_config_from
+    from diga.config import saved_config_with
 
     _, saved, ckpt = load_model(run, "cpu")  # a clear error for a wrong RUN before any process starts
-    cfg = load_config_from(saved, overrides or [])
+    cfg = saved_config_with(saved, overrides, "run config")
     _same_classes(saved, cfg, ckpt)
     launch_on_devices(devices, cfg.run, [verb, str(run), *(overrides or []),
                                          *(["--out", str(out)] if out is not None else [])])

@@ -243,7 +243,7 @@ def config_for_model(path: Path, overrides: list[str] | None = None):
     """
     import yaml
 
-    from diga.config import build_config, deep_merge, load_config, parse_overrides
+    from diga.config import load_config, saved_config_with
 
     path = Path(path)
     overrides = list(overrides or [])
@@ -254,8 +254,7 @@ def config_for_model(path: Path, overrides: list[str] | None = None):
             saved = folder / "config.yaml"
             if saved.is_file():
                 base = yaml.safe_load(saved.read_text())
-                return build_config(deep_merge(base, parse_overrides(overrides)),
-                                    f"{saved} + overrides")
+                return saved_config_with(base, overrides, str(saved))
         return load_config("demo", overrides)
     base = resolve_checkpoint(path).config
-    return build_config(deep_merge(base, parse_overrides(overrides)), "checkpoint config + overrides")
+    return saved_config_with(base, overrides, "checkpoint config")

@@ -481,6 +481,20 @@ def load_config(source: str | Path | None = None, overrides: list[str] | None = 
     return cfg
 
 
+def saved_config_with(saved: dict[str, Any] | Config, overrides: list[str] | None,
+                      where: str = "saved config") -> Config:
+    """A run's or a checkpoint's saved config with ``key=value`` overrides (data roots, export
+    or evaluation knobs) applied and validated: how every command reopens a trained run.
+
+    Raises:
+        UserError: unknown keys, wrong types or ranges (naming ``where``).
+    """
+    data = saved.to_dict() if isinstance(saved, Config) else saved
+    if overrides:
+        data, where = deep_merge(data, parse_overrides(list(overrides))), f"{where} + overrides"
+    return build_config(data, where)
+
+
 def config_from_dict(data: dict[str, Any]) -> Config:
     """Rebuild a config saved in a run directory or a checkpoint."""
     return build_config(data, "saved config")

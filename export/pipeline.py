@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from diga.checkpoint import load_model, resolve_checkpoint
-from diga.config import Config, build_config, deep_merge, parse_overrides
+from diga.config import Config, saved_config_with
 from diga.errors import UserError
 from diga.export.formats import FORMATS, ExportFormat, formats_for_flags
 from diga.export.onnx_export import ExportWrapper, export_onnx, model_info
@@ -76,12 +76,6 @@ def default_out_dir(model_path: Path) -> Path:
     return model_path / "export"
 
 
-def export_config(saved: dict[str, Any], overrides: list[str]) -> Config:
-    """The checkpoint's own config with ``key=value`` overrides (data roots, export knobs)."""
-    data = deep_merge(saved, parse_overrides(overrides)) if overrides else saved
-    return build_config(data, "checkpoint config + overrides" if overrides else "checkpoint config")
-
-
 def _fits(images: list, input_size: tuple[int, int]) -> bool:
     return all(item.image.shape[:2] == tuple(input_size) for item in images)
 
@@ -110,7 +104,7 @@ def export_checkpoint(model_path: Path, overrides: list[str] | None = None,
 
         import_openvino()  # the same: the missing extra in one line, before any work
     model, saved, ckpt = load_model(Path(model_path), "cpu")
-    cfg = export_config(ckpt.config, list(overrides or []))
+    cfg = saved_config_with(ckpt.config, overrides, "checkpoint config")
     out = Path(out_dir) if out_dir is not None else default_out_dir(model_path)
     if out.exists() and not out.is_dir():
         raise UserError(f"output path {out} is a file", "choose a folder with --out")
