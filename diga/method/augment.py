@@ -42,9 +42,9 @@ class PhotometricAugment(nn.Module):
         super().__init__()
         from kornia.filters import get_gaussian_kernel2d  # kornia is slow to import
 
-        # factor ranges, as kornia's ColorJitter / RandomSharpness take these arguments
-        # Buffers, moved to the device once: a tensor made from numbers in the step would be
-        # copied from the host and wait for the device.
+        # Factor ranges as kornia's ColorJitter / RandomSharpness read these arguments, and the
+        # probabilities: buffers, moved to the device once (a tensor made from numbers in the
+        # step would be a host-to-device copy that waits for the device).
         ranges = torch.tensor([
             (max(0.0, 1 - brightness), 1 + brightness),
             (max(0.0, 1 - contrast), 1 + contrast),
