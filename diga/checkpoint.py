@@ -139,6 +139,12 @@ class Checkpoint:
     def step(self) -> int:
         return int(self.meta.get("step", 0))
 
+    @property
+    def ema_steps(self) -> int:
+        """The steps its teacher has averaged: the stage's steps plus those it was carried over
+        with (checkpoints before ``ema_steps`` was written restarted the teacher each stage)."""
+        return int(self.meta.get("ema_steps", self.step))
+
     def identity(self) -> dict[str, Any]:
         """Which model this is, for the provenance of what it makes (pseudo-labels, centroids):
         the folder, stage and step, and a hash of the student weights that tells two models

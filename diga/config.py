@@ -145,7 +145,9 @@ class AugmentConfig(Section):
     blur_kernel: int = Field(3, ge=1)
     blur_sigma: float = Field(2.0, gt=0)
     blur_p: float = Field(0.8, ge=0, le=1)
-    sharpness: float = Field(0.5, ge=0)
+    # Sharpness factor: x draws from [0, x] (kornia's RandomSharpness, the reference: 0.5 only
+    # ever blurs, 1 is the identity); [low, high] draws from that range (above 1 sharpens).
+    sharpness: float | tuple[float, float] = 0.5
     sharpness_p: float = Field(0.3, ge=0, le=1)
 
     @field_validator("blur_kernel")
@@ -155,11 +157,27 @@ class AugmentConfig(Section):
             raise ValueError(f"the blur kernel must be odd, got {v}")
         return v
 
+    @field_validator("sharpness")
+    @classmethod
+    def _sharpness_range(cls, v: float | tuple[float, float]) -> float | tuple[float, float]:
+        low, high = (0.0, v) if isinstance(v, (int, float)) else v
+        if not 0 <= low <= high:
+            raise ValueError(f"the sharpness range must be 0 <= low <= high, got {v}")
+        return v
+
 
 class MethodConfig(Section):
     """Pieces shared by warm-up and self-training."""
 
     ema_max: float = Field(0.999, ge=0, lt=1)  # a = min(1 - 1/(t+1), ema_max)
+    # The EMA teacher in a training step. Dropout off: its distillation targets and the argmax
+    # of the online centroid update carry no dropout noise (DAFormer's and MIC's teacher). The
+    # reference never switches its teacher to eval, so its dropout is on (true).
+    teacher_dropout: bool = False
+    # Its BatchNorm: "student", the student's mode (batch statistics while training; running
+    # statistics with model.freeze_bn, where the teacher then computes its features as the
+    # offline centroids were computed, in eval mode); "eval": running statistics always.
+    teacher_bn: Literal["student", "eval"] = "student"
     sym_weight: float = Field(0.5, ge=0)  # w_sym in L_kd
     ignore_index: int = 255
     augment: AugmentConfig = AugmentConfig()
@@ -227,8 +245,15 @@ class SelftrainConfig(Section):
     selection: Literal["consensus", "argmax", "threshold"] = "consensus"
     threshold: float = Field(0.9, ge=0, le=1)  # only for selection=threshold (an ablation)
     rounds: int = Field(1, ge=1)
-    steps: int | None = Field(None, ge=1)  # steps per round; None: train.steps
+    # Steps per round; None: train.steps. An override train.steps=N without selftrain.steps
+    # sets both (merge_overrides).
+    steps: int | None = Field(None, ge=1)
     batch_size: int | None = Field(None, ge=1)  # source (and target) images per step; None: train.batch_size
+    # The teacher a round starts from. "continue" (METHOD: stage 2 starts from the warm-up
+    # student and teacher): the init run's teacher, its EMA step count going on, so
+    # a = min(1 - 1/(t0 + t + 1), ema_max) with t0 the steps it has averaged; "restart" (the
+    # reference): a copy of the student, t from 0 (a = 0 at the first step).
+    teacher_init: Literal["continue", "restart"] = "continue"
 
 
 class PseudoConfig(Section):
@@ -408,6 +433,22 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
     return nested
 
 
+def merge_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """``data`` with ``key=value`` overrides applied.
+
+    ``train.steps=N`` without ``selftrain.steps`` sets the self-training rounds to N steps too
+    where the config gives them their own count: ``diga train selftrain demo train.steps=10``
+    trains 10 steps per round, not the preset's 250.
+    """
+    update = parse_overrides(overrides)
+    train, selftrain = update.get("train"), update.get("selftrain")
+    own_count = isinstance(data.get("selftrain"), dict) and data["selftrain"].get("steps") is not None
+    if (isinstance(train, dict) and "steps" in train and own_count
+            and not (isinstance(selftrain, dict) and "steps" in selftrain)):
+        update = deep_merge(update, {"selftrain": {"steps": train["steps"]}})
+    return deep_merge(data, update)
+
+
 def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for key, value in update.items():
@@ -474,8 +515,7 @@ def load_config(source: str | Path | None = None, overrides: list[str] | None = 
     """
     data, where = read_yaml(source)
     if overrides:
-        data = deep_merge(data, parse_overrides(overrides))
-        where = f"{where} + overrides"
+        data, where = merge_overrides(data, overrides), f"{where} + overrides"
     cfg = build_config(data, where)
     _check_model_name(cfg)
     return cfg
@@ -491,7 +531,7 @@ def saved_config_with(saved: dict[str, Any] | Config, overrides: list[str] | Non
     """
     data = saved.to_dict() if isinstance(saved, Config) else saved
     if overrides:
-        data, where = deep_merge(data, parse_overrides(list(overrides))), f"{where} + overrides"
+        data, where = merge_overrides(data, list(overrides)), f"{where} + overrides"
     return build_config(data, where)
 
 

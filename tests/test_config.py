@@ -113,3 +113,21 @@ def test_yaml_file_roundtrip(tmp_path: Path):
     again = load_config(path)
     assert again == cfg and again.hash() == cfg.hash()
     assert yaml.safe_load(path.read_text())["train"]["crop"] == "64x128"
+
+
+@pytest.mark.parametrize("preset", ["demo", "gta2cs-deeplabv2"])
+def test_train_steps_override_reaches_the_selftrain_rounds(preset):
+    """`diga train selftrain demo train.steps=10` trains 10 steps per round, not the preset's
+    own selftrain.steps; selftrain.steps given too wins; a resumed run's saved config too."""
+    from diga.config import saved_config_with
+
+    shipped = load_config(preset)
+    assert shipped.selftrain.steps is not None  # the preset gives self-training its own count
+    cfg = load_config(preset, ["train.steps=10"])
+    assert (cfg.stage_steps("warmup"), cfg.stage_steps("selftrain")) == (10, 10)
+    both = load_config(preset, ["train.steps=10", "selftrain.steps=7"])
+    assert (both.stage_steps("warmup"), both.stage_steps("selftrain")) == (10, 7)
+    alone = load_config(preset, ["selftrain.steps=7"])
+    assert alone.stage_steps("warmup") == shipped.train.steps and alone.stage_steps("selftrain") == 7
+    resumed = saved_config_with(shipped, ["train.steps=12"])
+    assert resumed.stage_steps("selftrain") == 12

@@ -130,3 +130,24 @@ def test_augment_draws_per_sample_with_its_probability():
     ratio = jitter.transform(torch.full((4000, 3, 4, 4), 0.5))[:, 0, 0, 0] / 0.5
     assert 0.6 - 1e-4 <= ratio.min() and ratio.max() <= 1.4 + 1e-4  # factors in [1-b, 1+b]
     assert abs(ratio.mean().item() - 1.0) < 0.02 and ratio.std() > 0.2  # per sample
+
+
+def test_sharpness_as_the_reference_draws_it_or_a_range():
+    """The reference's RandomSharpness(0.5) (kornia 0.5, as today) draws factors in [0, 0.5]:
+    it only ever blurs; a [low, high] range above 1 sharpens."""
+    from diga.config import load_config
+    from diga.errors import UserError
+
+    def edge_energy(images: torch.Tensor) -> torch.Tensor:  # per image, high frequencies
+        return (images[..., 1:] - images[..., :-1]).abs().mean(dim=(1, 2, 3))
+
+    torch.manual_seed(0)
+    x = torch.rand(64, 3, 16, 24)
+    blurred = _only(sharpness_p=1.0).transform(x)
+    sharpened = _only(sharpness_p=1.0, sharpness=(1.5, 2.0)).transform(x)
+    assert (edge_energy(blurred) < edge_energy(x)).all()
+    assert (edge_energy(sharpened) > edge_energy(x)).all()
+    assert load_config("demo", ["method.augment.sharpness=[0.5,1.5]"]).method.augment.sharpness \
+        == (0.5, 1.5)
+    with pytest.raises(UserError, match="sharpness range"):
+        load_config("demo", ["method.augment.sharpness=[1.5,0.5]"])

@@ -36,13 +36,14 @@ class PhotometricAugment(nn.Module):
         blur_kernel: int = 3,
         blur_sigma: float = 2.0,
         blur_p: float = 0.8,
-        sharpness: float = 0.5,
+        sharpness: float | tuple[float, float] = 0.5,
         sharpness_p: float = 0.3,
     ) -> None:
         super().__init__()
         from kornia.filters import get_gaussian_kernel2d  # kornia is slow to import
 
-        # Factor ranges as kornia's ColorJitter / RandomSharpness read these arguments, and the
+        # Factor ranges as kornia's ColorJitter / RandomSharpness read these arguments (a
+        # sharpness x: [0, x], blurring only below 1, as the reference draws it), and the
         # probabilities: buffers, moved to the device once (a tensor made from numbers in the
         # step would be a host-to-device copy that waits for the device).
         ranges = torch.tensor([
@@ -50,7 +51,7 @@ class PhotometricAugment(nn.Module):
             (max(0.0, 1 - contrast), 1 + contrast),
             (max(0.0, 1 - saturation), 1 + saturation),
             (-hue, hue),
-            (0.0, sharpness),
+            (0.0, sharpness) if isinstance(sharpness, (int, float)) else tuple(sharpness),
         ])  # fmt: skip  # (5, 2): brightness, contrast, saturation, hue, sharpness factors
         self.register_buffer("factor_low", ranges[:, 0].clone(), persistent=False)
         self.register_buffer("factor_span", (ranges[:, 1] - ranges[:, 0]).clone(), persistent=False)

@@ -24,9 +24,10 @@ def unwrap_model(model: nn.Module) -> nn.Module:
 class EMATeacher:
     """Teacher ``T`` kept as an EMA of the student: ``T <- a*T + (1-a)*S``.
 
-    ``a = min(1 - 1/(step+1), max_momentum)``, so step 0 copies the student. Buffers
-    (BN running statistics, counters) are copied, not averaged. The teacher never takes
-    gradients; its train/eval mode is left to the caller.
+    ``a = min(1 - 1/(step+1), max_momentum)``, so step 0 copies the student; a teacher carried
+    over from an earlier stage goes on counting from the steps it has averaged. Buffers (BN
+    running statistics, counters) are copied, not averaged. The teacher never takes
+    gradients; :meth:`train_mode` sets its mode for a training step.
     """
 
     def __init__(self, student: nn.Module, max_momentum: float = 0.999) -> None:
@@ -42,6 +43,20 @@ class EMATeacher:
         if step < 0:
             raise ValueError(f"step must be >= 0, got {step}")
         return min(1.0 - 1.0 / (step + 1), self.max_momentum)
+
+    def train_mode(self, dropout: bool = False, bn: str = "student") -> EMATeacher:
+        """The teacher's mode in a training step: the student's (``train()``, which keeps BN
+        frozen in models built with ``freeze_bn``), then dropout off unless ``dropout``, and
+        BatchNorm on its running statistics where ``bn="eval"`` (``"student"``: as the student).
+        """
+        if bn not in ("student", "eval"):
+            raise ValueError(f"bn must be 'student' or 'eval', got {bn!r}")
+        self.model.train()
+        for module in self.model.modules():
+            if ((not dropout and isinstance(module, nn.modules.dropout._DropoutNd))
+                    or (bn == "eval" and isinstance(module, nn.modules.batchnorm._BatchNorm))):
+                module.eval()
+        return self
 
     @torch.no_grad()
     def update(self, student: nn.Module, step: int) -> None:

@@ -86,15 +86,20 @@ def train_stage(cfg: Config, stage: str, run_dir: Path, resume: bool = False,
     student, train_model = parallelize(to_memory_format(student, cfg.run), dist, cfg.run, device,
                                        sync_buffers)
     teacher = EMATeacher(student, cfg.method.ema_max) if distil else None
-    if teacher is not None and selftrain is not None and selftrain.init.teacher() is not None:
-        teacher.load_state_dict(selftrain.init.teacher())
+    ema_start = 0  # steps the teacher has averaged before this stage (METHOD, stage 2's start)
+    if teacher is not None and selftrain is not None and cfg.selftrain.teacher_init == "continue":
+        carried = selftrain.init.teacher()  # none after a source-only init: the student's copy
+        if carried is not None:
+            teacher.load_state_dict(carried)
+            ema_start = selftrain.init.ema_steps
     forward = Precision.from_config(cfg.run, device)  # autocast / channels_last; float32 out
     mix_generator = torch.Generator(device=device).manual_seed(cfg.run.seed + 1)
     if dist.enabled:  # ranks share the weights, never their augmentation, mask or dropout draws
         seed_rank_streams(dist, mix_generator, cfg.run.seed, 0)
     state = TrainState(student, teacher, build_optimizer(student, cfg.train.optim),
                        forward.grad_scaler(), mix_generator,  # the scaler: fp16 only
-                       selftrain.centroids.to(device) if selftrain is not None else None)
+                       selftrain.centroids.to(device) if selftrain is not None else None,
+                       ema_start)
     setup = StepSetup(
         cfg, maybe_compile(train_model, cfg.run),
         maybe_compile(teacher.model, cfg.run) if teacher is not None else None, forward,
@@ -120,8 +125,8 @@ def train_stage(cfg: Config, stage: str, run_dir: Path, resume: bool = False,
             "init": str(selftrain.init.folder) if selftrain is not None else None}
 
     student.train()
-    if teacher is not None:
-        teacher.model.train()  # same mode as the student: with model.freeze_bn, frozen BN too
+    if teacher is not None:  # the student's mode, dropout off (method.teacher_dropout/_bn)
+        teacher.train_mode(cfg.method.teacher_dropout, cfg.method.teacher_bn)
     progress = StepProgress(stage, steps, start, enabled=show_progress and dist.is_main)
     palette, logged = class_protocol(cfg.num_classes).palette, {}
     tic = last_checkpoint = time.perf_counter()
@@ -140,7 +145,7 @@ def train_stage(cfg: Config, stage: str, run_dir: Path, resume: bool = False,
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(out.loss).backward()  # DDP: gradients averaged over ranks here
             if teacher is not None:
-                teacher.update(student, step)  # before the optimiser step (METHOD, EMA teacher)
+                teacher.update(student, ema_start + step)  # before the optimiser step (METHOD)
                 if sync_buffers:  # per-rank BN statistics: rank 0's everywhere
                     dist.broadcast_buffers(teacher.model)
             scaler.step(optimizer)

@@ -59,6 +59,7 @@ class TrainState:
     scaler: torch.amp.GradScaler
     mix_generator: torch.Generator
     centroids: torch.Tensor | None = None  # (C, F), self-training
+    ema_start: int = 0  # steps the teacher had averaged when the stage began
 
     def load(self, run_dir: Path, device: torch.device) -> dict[str, Any]:
         """Weights, optimiser, scaler and centroids of ``run_dir``'s last checkpoint (every rank
@@ -88,5 +89,6 @@ class TrainState:
                 run_dir / "checkpoints" / "last", model=self.student.state_dict(), state=state,
                 teacher=self.teacher.state_dict() if self.teacher is not None else None,
                 extra={"centroids": self.centroids} if self.centroids is not None else None,
-                meta={"step": step, "world_size": dist.world_size, **meta})
+                meta={"step": step, "world_size": dist.world_size, **meta,
+                      **({"ema_steps": self.ema_start + step} if self.teacher is not None else {})})
         dist.barrier()
