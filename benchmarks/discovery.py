@@ -22,7 +22,7 @@ from diga.checkpoint import META_FILE, Checkpoint, config_for_model, resolve_che
 from diga.config import Config
 from diga.data.datasets import build_dataset
 from diga.errors import UserError
-from diga.export.formats import BACKENDS, FORMATS, ExportFormat, format_of_file
+from diga.export.formats import BENCH_BACKENDS, FORMATS, ExportFormat, format_of_file
 from diga.protocols import label_protocol
 from diga.runtime.segmenter import MODEL_FILE_SUFFIXES as MODEL_SUFFIXES
 
@@ -30,10 +30,10 @@ from diga.runtime.segmenter import MODEL_FILE_SUFFIXES as MODEL_SUFFIXES
 def check_backends(names: list[str]) -> list[str]:
     """Validate ``--backend`` names against the format table (one error with a did-you-mean)."""
     for name in names:
-        if name not in BACKENDS:
-            close = difflib.get_close_matches(name, list(BACKENDS), n=1)
+        if name not in BENCH_BACKENDS:
+            close = difflib.get_close_matches(name, list(BENCH_BACKENDS), n=1)
             raise UserError(f"unknown backend '{name}'", f"did you mean '{close[0]}'?" if close
-                            else f"choose from: {', '.join(BACKENDS)}")
+                            else f"choose from: {', '.join(BENCH_BACKENDS)}")
     return list(dict.fromkeys(names))
 
 

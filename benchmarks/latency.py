@@ -49,7 +49,7 @@ from diga.benchmarks.runners import (
 )
 from diga.config import Config, load_config
 from diga.errors import UserError
-from diga.export.formats import BACKENDS, ExportFormat
+from diga.export.formats import BENCH_BACKENDS, ExportFormat
 from diga.protocols import plan_scoring
 from diga.runtime import SegmenterWarning
 from diga.runtime.preprocess import TRAINED, resize_rgb
@@ -135,14 +135,14 @@ def measure_row(entry: ModelEntry, backend: str, ctx: BenchContext,
     reset_peak_rss()
     rss_before = rss_mb("VmRSS")
     # onnxruntime / TensorRT allocate outside torch: the device's used memory before and after
-    gpu_before = _gpu_used_mb() if BACKENDS[backend].needs_gpu else None
+    gpu_before = _gpu_used_mb() if BENCH_BACKENDS[backend].needs_gpu else None
     try:
         with warnings.catch_warnings(record=True) as caught:  # e.g. no inference size recorded
             warnings.simplefilter("always", SegmenterWarning)
             runner: TorchRunner | RuntimeRunner = (
                 TorchRunner(entry.path, entry.cfg, compiled) if backend == "torch"
-                else RuntimeRunner(entry.path, BACKENDS[backend].runtime,
-                                   entry.cfg.bench.input_size or TRAINED, BACKENDS[backend].hint))
+                else RuntimeRunner(entry.path, BENCH_BACKENDS[backend].runtime,
+                                   entry.cfg.bench.input_size or TRAINED, BENCH_BACKENDS[backend].hint))
         row["notes"].extend(str(w.message) for w in caught
                             if issubclass(w.category, SegmenterWarning))
     except UserError as exc:  # no GPU, no TensorRT, no such provider, run.device=cuda on a CPU
@@ -299,7 +299,7 @@ def run_bench(models: list[Path], overrides: list[str] | None = None,
                     label = f"{entry.path.name}: {backend}{' (compile)' if compiled else ''}"
                     say(f"benchmarking {label}")
                     result["rows"].append(measure_row(entry, backend, ctx, compiled))
-        for backend in requested or (list(BACKENDS) if group.is_run else []):
+        for backend in requested or (list(BENCH_BACKENDS) if group.is_run else []):
             if backend not in covered:
                 result["rows"].append(missing_row(group, backend))
     _relate(result["rows"], result["machine"].get("matmul_gflops"))

@@ -129,7 +129,7 @@ def deployed_vs_eval(invoke: Invoke, run: Path, onnx: Path, out: Path) -> dict[s
     from diga.export.parity import target_images
     from diga.metrics import confusion_matrix, metrics_from_confusion
     from diga.runtime import Segmenter
-    from diga.train.evaluate import TorchSegmenter
+    from diga.train.evaluate import TorchSegmenter, predicted_label_ids_name
 
     preds = out / "eval_predictions"
     invoke("eval", run, "eval.scales=[1.0]", "--save-predictions", preds, "--json",
@@ -150,9 +150,7 @@ def deployed_vs_eval(invoke: Invoke, run: Path, onnx: Path, out: Path) -> dict[s
         with contextlib.closing(segmenter) as seg:
             for item in images:
                 labels = seg(item.image)  # (H, W) train ids at the image's own size
-                stem = Path(item.name).name.removesuffix("_leftImg8bit.png").rsplit(".", 1)[0]
-                saved = np.asarray(Image.open(preds / Path(item.name).parent /
-                                              f"{stem}_pred_labelIds.png"))
+                saved = np.asarray(Image.open(preds / predicted_label_ids_name(item.name)))
                 agree += int((protocol.train_to_label_id[labels] == saved).sum())
                 total += saved.size
                 conf += confusion_matrix(labels.astype(np.int64), item.label.astype(np.int64),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 import typer
 from rich.markup import escape
 from typer.core import TyperGroup
@@ -32,11 +34,35 @@ class DigaGroup(TyperGroup):
 app = typer.Typer(
     cls=DigaGroup,
     name="diga",
-    help="DiGA domain adaptation for semantic segmentation: train, adapt, export, benchmark.",
+    help="DiGA domain adaptation for semantic segmentation: train, adapt, export, benchmark. "
+    "'diga demo' runs every stage on the built-in benchmark in minutes on a CPU.\n\n"
+    "Examples:\n  diga demo --out runs/demo\n  diga train warmup --help",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
 )
+
+
+def reflow(doc: str | None) -> str | None:
+    """A docstring as help text: its paragraphs, without the line breaks of the source inside
+    them. In rich markup mode Typer keeps every newline, so a docstring's 100-column lines,
+    rewrapped to the terminal, broke mid-sentence; rich now wraps each paragraph once. An
+    ``Example:`` paragraph keeps its lines: one command each, short enough for 80 columns."""
+    if not doc:
+        return doc
+    paragraphs = inspect.cleandoc(doc).split("\n\n")
+    return "\n\n".join(p if p.startswith("Example") else  # one command a line
+                       " ".join(line.strip() for line in p.splitlines()) for p in paragraphs)
+
+
+def _reflow_help(typer_app: typer.Typer) -> None:
+    """Every command's and group's help through ``reflow``, the docstrings' included."""
+    typer_app.info.help = reflow(typer_app.info.help)
+    for command in typer_app.registered_commands:
+        command.help = reflow(command.help or inspect.getdoc(command.callback))
+    for group in typer_app.registered_groups:
+        group.help = reflow(group.help)
+        _reflow_help(group.typer_instance)
 
 
 def _register() -> None:
@@ -47,6 +73,7 @@ def _register() -> None:
     app.command("eval")(evaluate.eval_command)
     for module in (pseudo, export, predict, bench, demo):
         module.register(app)
+    _reflow_help(app)
 
 
 _register()

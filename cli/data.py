@@ -9,7 +9,8 @@ import typer
 
 from diga.cli.common import ConfigArgs, console, split_config_args
 
-app = typer.Typer(help="Datasets: write the built-in benchmark to disk, check dataset folders.",
+app = typer.Typer(help="Datasets: write the built-in benchmark to disk, check dataset folders."
+                  "\n\nExample:\n  diga data check gta2cs-deeplabv2 data.source.root=/data/GTA5",
                   no_args_is_help=True)
 
 
@@ -24,9 +25,16 @@ def make_demo(
     target_train: Annotated[int, typer.Option(min=1)] = 400,
     target_val: Annotated[int, typer.Option(min=1)] = 100,
 ) -> None:
-    """Write the built-in two-domain benchmark in the GTA5 and SYNTHIA-RAND-CITYSCAPES (source) and Cityscapes (target) layouts, at the real datasets' aspect ratios, so the real loaders and the paper presets can be tried on it.
+    """Write the built-in benchmark in the real datasets' layouts.
 
-    Example: diga data make-demo /tmp/d, then diga train source data.source.kind=gta5 data.source.root=/tmp/d/gta5 data.target.kind=cityscapes data.target.root=/tmp/d/cityscapes
+    The source domain in the GTA5 and SYNTHIA-RAND-CITYSCAPES layouts, the target domain in
+    the Cityscapes layout, at the real datasets' aspect ratios: the real loaders and the paper
+    presets can be tried on it.
+
+    Examples:
+      diga data make-demo /tmp/d
+      diga data check gta2cs-deeplabv2 data.source.root=/tmp/d/gta5 \\
+        data.target.root=/tmp/d/cityscapes
     """
     from rich.progress import Progress
 
@@ -56,11 +64,14 @@ def make_demo(
 
 @app.command("check")
 def check(args: ConfigArgs = None) -> None:
-    """Read every image and label of a config's datasets and report all problems at once
-    (missing or unreadable files, size mismatches, unknown label ids, empty splits).
-    Exit code 1 when there are problems.
+    """Read every image and label of a config's datasets and report all problems at once.
 
-    Example: diga data check gta2cs-deeplabv2 data.source.root=/data/GTA5 data.target.root=/data/cs
+    Missing or unreadable files, size mismatches, unknown label ids, empty splits; exit code 1
+    when there are problems.
+
+    Example:
+      diga data check gta2cs-deeplabv2 data.source.root=/data/GTA5 \\
+        data.target.root=/data/cityscapes
     """
     from rich.progress import Progress
 

@@ -21,7 +21,11 @@ def demo_command(
     """Source-only, DiGA warm-up and self-training (2 rounds) on the built-in benchmark, then
     ONNX + INT8 export and a latency benchmark, with a report.
 
-    Example: diga demo --out runs/demo   (diga demo --quick for a two-minute smoke run)
+    About 10 minutes on a laptop CPU; --quick runs every step in about two minutes.
+
+    Examples:
+      diga demo --out runs/demo
+      diga demo --quick
     """
     from diga.demo import run_demo
 

@@ -30,9 +30,16 @@ def eval_command(
 ) -> None:
     """Evaluate a trained model on the target validation split of its config.
 
-    Overrides change the data (e.g. data.target.root=/data/cityscapes) or the test (eval.scales=[1.0,0.5] eval.flip=true). With --classes (or data.classes) another protocol than the model's, the model is scored by class name: on a subset of its classes, a prediction of a class outside the protocol is a miss and labels of those classes are ignored (as cityscapesscripts does); a model with fewer classes than the data is scored on its own. Other class lists are refused.
+    Overrides change the data (e.g. data.target.root=/data/cityscapes) or the test
+    (eval.scales=[1.0,0.5] eval.flip=true). With --classes (or data.classes) another protocol
+    than the model's, the model is scored by class name: on a subset of its classes, a
+    prediction of a class outside the protocol is a miss and labels of those classes are
+    ignored (as cityscapesscripts does); a model with fewer classes than the data is scored on
+    its own. Other class lists are refused.
 
-    Example: diga eval runs/warmup --classes 19,16,13 --json runs/warmup/eval.json
+    Examples:
+      diga eval runs/warmup --classes 19,16,13 --json runs/warmup/eval.json
+      diga eval runs/selftrain/round2/export/model.int8.onnx
     """
     from diga.checkpoint import load_model
     from diga.config import saved_config_with

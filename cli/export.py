@@ -62,7 +62,9 @@ def export_command(
     (export.calib_images, export.calib_method, export.parity_images,
     export.input_size, export.trt_min_size, export.exporter, ...).
 
-    Example: diga export runs/selftrain --int8 export.calib_method=entropy
+    Examples:
+      diga export runs/selftrain --int8 --openvino
+      diga export runs/selftrain --trt --fp16 export.calib_method=entropy
     """
     from diga.errors import UserError
 

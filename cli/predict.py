@@ -172,9 +172,13 @@ def predict_command(
 ) -> None:
     """Segment images: label, colour and overlay PNGs for each.
 
-    Writes <stem>_label.png (train ids), <stem>_color.png and <stem>_overlay.png, at each image's own size; the model runs at the size it was trained at. Folders are searched recursively; their structure is kept under --out. An .onnx or .engine runs through the torch-free runtime, a run directory or checkpoint through PyTorch.
+    Writes <stem>_label.png (train ids), <stem>_color.png and <stem>_overlay.png, at each
+    image's own size; the model runs at the size it was trained at. Folders are searched
+    recursively; their structure is kept under --out. An .onnx, .xml or .engine runs through
+    the torch-free runtime, a run directory or checkpoint through PyTorch.
 
-    Example: diga predict runs/x/export/model.onnx street.jpg frames/ --out preds
+    Example:
+      diga predict runs/x/export/model.onnx street.jpg frames/ --out preds
     """
     from diga.runtime import check_backend, colorize, overlay
 

@@ -52,9 +52,15 @@ def pseudo_command(
     out: Annotated[Path | None, typer.Option("--out", help="Folder (default RUN/pseudo).")] = None,
     devices: Devices = None,
 ) -> None:
-    """Pseudo-labels for the whole target train split: full + 0.5x scale logits, max-fused, argmax; no threshold. The model sees each image at the target resize; labels are stored at the image's own size, with a manifest naming the model. Under torchrun (or with --devices N) the images are sharded over the processes.
+    """Pseudo-labels for the whole target train split, with no threshold.
 
-    Example: diga pseudo runs/warmup
+    Logits at each of pseudo.scales (full and 0.5x by default), max-fused, then the argmax.
+    The model sees each image at the target resize; labels are stored at the image's own
+    size, with a manifest naming the model. Under torchrun (or with --devices N) the images
+    are sharded over the processes.
+
+    Example:
+      diga pseudo runs/warmup
     """
     from diga.train.distributed import destroy_distributed
     from diga.train.pseudo import make_pseudo_labels
@@ -84,10 +90,12 @@ def centroids_command(
     out: Annotated[Path | None, typer.Option("--out", help="File (default RUN/centroids.safetensors).")] = None,
     devices: Devices = None,
 ) -> None:
-    """Class centroids of the model's features on the target train split. Under torchrun (or
-    with --devices N) the images are sharded and the sums merged exactly.
+    """Class centroids of the model's features on the target train split.
 
-    Example: diga centroids runs/warmup
+    Under torchrun (or with --devices N) the images are sharded and the sums merged exactly.
+
+    Example:
+      diga centroids runs/warmup
     """
     from diga.train.distributed import destroy_distributed
     from diga.train.pseudo import CENTROIDS_FILE, make_centroids

@@ -20,7 +20,8 @@ from diga.cli.common import (
 from diga.config import Config
 
 app = typer.Typer(help="Train a stage: source (baseline), warmup (DiGA stage 1), selftrain "
-                  "(DiGA stage 2).", no_args_is_help=True)
+                  "(DiGA stage 2).\n\nExamples:\n  diga train warmup demo --out runs/warmup\n"
+                  "  diga train selftrain demo --init runs/warmup", no_args_is_help=True)
 
 AutoResume = Annotated[bool, typer.Option(
     "--auto-resume", help="Resume when --out holds a checkpoint of this stage, else start "
@@ -101,7 +102,8 @@ def source(args: ConfigArgs = None, out: Out = None, resume: Resume = False, qui
            max_restarts: MaxRestarts = 0) -> None:
     """Source-only baseline: supervised CE on the labelled source domain.
 
-    Example: diga train source demo train.steps=600 --out runs/source
+    Example:
+      diga train source demo train.steps=600 --out runs/source
     """
     _train("source", args, out, resume, quiet, devices, auto_resume, max_restarts)
 
@@ -115,8 +117,10 @@ def warmup(args: ConfigArgs = None, out: Out = None, resume: Resume = False, qui
     Ablations with the same command: warmup.symkd=false (source-only),
     warmup.mixture=false (SymKD without mixture), warmup.translator=fda|learned|none.
 
-    Example: diga train warmup gta2cs-deeplabv2 data.source.root=/data/GTA5
-    data.target.root=/data/cityscapes --out runs/gta-warmup --devices 8
+    Examples:
+      diga train warmup demo --out runs/warmup
+      diga train warmup gta2cs-deeplabv2 data.source.root=/data/GTA5 \\
+        data.target.root=/data/cityscapes --out runs/gta-warmup --devices 8
     """
     _train("warmup", args, out, resume, quiet, devices, auto_resume, max_restarts)
 
@@ -138,7 +142,10 @@ def selftrain(
     Makes the init run's pseudo-labels and centroids when they are missing, and refuses
     ones another model made (--regenerate makes them again).
 
-    Example: diga train selftrain demo --init runs/warmup --rounds 2 --out runs/selftrain
+    A train.steps=N override without selftrain.steps sets the steps of every round.
+
+    Example:
+      diga train selftrain demo --init runs/warmup --rounds 2 --out runs/selftrain
     """
     from diga.config import save_config
     from diga.errors import UserError

@@ -49,8 +49,9 @@ def register(train_app: typer.Typer) -> None:
         translator.vgg_weights (torchvision's vgg16/vgg19 weights file) the perceptual term is
         left out with a warning.
 
-        Example: diga train translator demo translator.steps=500 --out runs/translator,
-        then: diga train warmup demo warmup.translator=learned
-        warmup.translator_path=runs/translator
+        Examples:
+          diga train translator demo translator.steps=500 --out runs/translator
+          diga train warmup demo warmup.translator=learned \\
+            warmup.translator_path=runs/translator
         """
         run_translator_command(args, out, resume, quiet)

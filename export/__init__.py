@@ -9,10 +9,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from diga.export.formats import BACKENDS, FORMATS, ExportFormat, format_of_file, formats_for_flags
+from diga.export.formats import (
+    BENCH_BACKENDS,
+    FORMATS,
+    ExportFormat,
+    format_of_file,
+    formats_for_flags,
+)
 
 __all__ = [
-    "BACKENDS",
+    "BENCH_BACKENDS",
     "FORMATS",
     "ExportFormat",
     "ExportOptions",

@@ -2,7 +2,7 @@
 
 ``diga export`` checks its flags against it and names its files from it; ``diga bench`` makes
 its rows from it (one per model file and backend that can run it), so the two never disagree.
-Pure Python: importing it loads neither torch nor onnxruntime.
+Importing it loads neither torch nor onnxruntime (the runtime's backend names: numpy).
 """
 
 from __future__ import annotations
@@ -11,20 +11,27 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from diga.errors import UserError
+from diga.runtime.segmenter import BACKENDS as RUNTIME_BACKENDS  # what Segmenter(backend=) takes
 
 
 @dataclass(frozen=True)
 class Backend:
-    """Something that runs a model: PyTorch, an onnxruntime execution provider, TensorRT."""
+    """A way ``diga bench`` runs a model: PyTorch, or one of the runtime's backends
+    (``diga.runtime.BACKENDS``, what ``Segmenter(backend=...)`` takes) with its settings."""
 
     name: str  # as ``diga bench --backend`` spells it
-    runtime: str  # ``Segmenter(backend=...)`` for ONNX / engines, "torch" for checkpoints
+    runtime: str  # ``Segmenter(backend=...)`` for ONNX / IR / engines, "torch" for checkpoints
     needs_gpu: bool
     description: str
     hint: str = "latency"  # ``Segmenter(hint=...)``: OpenVINO's performance hint
 
+    def __post_init__(self) -> None:
+        if self.runtime != "torch" and self.runtime not in RUNTIME_BACKENDS:
+            raise ValueError(f"bench backend {self.name!r} runs on {self.runtime!r}, which is not "
+                             f"a runtime backend ({', '.join(RUNTIME_BACKENDS)})")
 
-BACKENDS: dict[str, Backend] = {b.name: b for b in (
+
+BENCH_BACKENDS: dict[str, Backend] = {b.name: b for b in (
     Backend("torch", "torch", False, "PyTorch (the reference)"),
     Backend("ort-cpu", "cpu", False, "onnxruntime, CPUExecutionProvider"),
     Backend("ort-cuda", "cuda", True, "onnxruntime, CUDAExecutionProvider"),
@@ -48,7 +55,7 @@ class ExportFormat:
     file: str  # the file name diga export writes ("" for a checkpoint folder)
     suffix: str
     precision: str  # fp32 | fp16 | int8
-    backends: tuple[str, ...]  # keys of BACKENDS that can run it
+    backends: tuple[str, ...]  # keys of BENCH_BACKENDS that can run it
     needs_gpu: bool
     source: str | None
     description: str
@@ -125,4 +132,4 @@ def format_of_file(path: Path) -> ExportFormat:
 
 def backends_for(path: Path) -> list[Backend]:
     """The backends that can run a model path (the bench rows for it)."""
-    return [BACKENDS[name] for name in format_of_file(path).backends]
+    return [BENCH_BACKENDS[name] for name in format_of_file(path).backends]

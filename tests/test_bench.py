@@ -16,7 +16,7 @@ from diga.benchmarks.latency import rows_below_miou
 from diga.benchmarks.runners import latency_stats, time_loop
 from diga.cli.app import app
 from diga.config import load_config
-from diga.export.formats import BACKENDS
+from diga.export.formats import BENCH_BACKENDS
 from diga.export.pipeline import ExportOptions, export_checkpoint
 from diga.train.loop import train_stage
 
@@ -257,7 +257,7 @@ def test_flop_count_and_peak():
 def test_every_backend_in_the_table_is_known_to_bench():
     from diga.benchmarks.discovery import check_backends
 
-    assert check_backends(list(BACKENDS)) == list(BACKENDS)
+    assert check_backends(list(BENCH_BACKENDS)) == list(BENCH_BACKENDS)
 
 
 @pytest.mark.slow

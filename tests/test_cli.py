@@ -30,6 +30,45 @@ def test_help_lists_the_verbs():
         assert verb in result.output
 
 
+def _commands(group=None, path=()):
+    """Every command path of the app (groups included), from Typer's click tree."""
+    import typer
+
+    group = group or typer.main.get_command(app)
+    yield path
+    for name, command in getattr(group, "commands", {}).items():
+        yield from _commands(command, (*path, name))
+
+
+HELP_WIDTH = 78  # an 80-column terminal less rich's padding
+
+
+@pytest.mark.parametrize("path", list(_commands()), ids=lambda p: " ".join(p) or "diga")
+def test_help_reads_as_sentences_in_80_columns(path):
+    """`diga X --help` at 80 columns: paragraphs wrapped once by rich (no line ends where the
+    next word would still fit: a line break of the docstring's source), and examples, one
+    command a line, each fitting on its line."""
+    result = runner.invoke(app, [*path, "--help"], env={"COLUMNS": "80"}, terminal_width=80)
+    assert result.exit_code == 0, result.output
+    body = result.output.split("╭")[0].split("\n")
+    body = [line.strip() for line in body if not line.strip().startswith("Usage:")]
+    paragraphs, current = [], []
+    for line in [*body, ""]:
+        if line:
+            current.append(line)
+        elif current:
+            paragraphs.append(current)
+            current = []
+    examples = [p for p in paragraphs if p[0].startswith("Example")]
+    assert len(examples) == 1, result.output  # then one command a line, none wrapped
+    for before, line in zip(["Example", *examples[0]], examples[0], strict=False):  # or continued
+        assert line.startswith(("Example", "diga ")) or before.endswith("\\"), examples[0]
+    for lines in paragraphs:
+        if lines is not examples[0]:
+            for a, b in zip(lines, lines[1:], strict=False):
+                assert len(a) + 1 + len(b.split()[0]) > HELP_WIDTH, f"broken after {a!r}"
+
+
 @pytest.mark.parametrize("args,message", [
     (["train", "source", "train.stpes=3"], "did you mean 'train.steps'"),
     (["train", "source", "train.steps=abc"], "train.steps='abc'"),

@@ -90,11 +90,11 @@ def exported(trained_run):
 def test_format_table_is_consistent():
     names = [f.file for f in FORMATS.values() if f.file]
     assert len(names) == len(set(names))
-    from diga.export.formats import BACKENDS, format_of_file
+    from diga.export.formats import BENCH_BACKENDS, format_of_file
 
     for fmt in FORMATS.values():
         assert fmt.source is None or fmt.source in FORMATS
-        assert all(b in BACKENDS for b in fmt.backends)
+        assert all(b in BENCH_BACKENDS for b in fmt.backends)
         if fmt.file:
             assert format_of_file(Path(fmt.file)) is fmt
     assert [f.name for f in formats_for_flags()] == ["onnx"]

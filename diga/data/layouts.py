@@ -33,6 +33,17 @@ class Sample:
     name: str  # relative name, used for saved predictions
 
 
+CITYSCAPES_IMAGE_SUFFIX = "_leftImg8bit.png"
+
+
+def sample_stem(sample_name: str) -> Path:
+    """A sample's name without its image suffix, folders kept: what files made from it are
+    named by (``aachen/aachen_000000_000019_leftImg8bit.png`` -> ``aachen/aachen_000000_000019``,
+    ``00001.png`` -> ``00001``)."""
+    name = Path(sample_name)
+    return name.parent / name.name.removesuffix(CITYSCAPES_IMAGE_SUFFIX).rsplit(".", 1)[0]
+
+
 def _images_in(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
 
@@ -65,8 +76,8 @@ def find_samples(kind: str, root: Path, split: str, key: str) -> list[Sample]:
         img_dir = root / "leftImg8bit" / split
         _require_dir(img_dir, kind, key)
         out = []
-        for p in sorted(img_dir.glob("*/*_leftImg8bit.png")):
-            stem = p.name.removesuffix("_leftImg8bit.png")
+        for p in sorted(img_dir.glob(f"*/*{CITYSCAPES_IMAGE_SUFFIX}")):
+            stem = p.name.removesuffix(CITYSCAPES_IMAGE_SUFFIX)
             label = root / "gtFine" / split / p.parent.name / f"{stem}_gtFine_labelIds.png"
             out.append(Sample(p, label if label.exists() else None, f"{p.parent.name}/{p.name}"))
         return out

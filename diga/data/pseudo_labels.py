@@ -17,6 +17,7 @@ from torch.utils.data import Dataset
 
 from diga.data.classes import IGNORE_INDEX
 from diga.data.datasets import SegDataset
+from diga.data.layouts import sample_stem
 from diga.errors import UserError
 
 MANIFEST = "manifest.json"
@@ -32,9 +33,8 @@ class StaleInputError(UserError):
 
 def pseudo_label_path(folder: Path, sample_name: str) -> Path:
     """``aachen/aachen_000000_000019_leftImg8bit.png`` -> ``folder/aachen/aachen_000000_000019.png``."""
-    name = Path(sample_name)
-    stem = name.name.removesuffix("_leftImg8bit.png").rsplit(".", 1)[0]
-    return Path(folder) / name.parent / f"{stem}.png"
+    stem = sample_stem(sample_name)
+    return Path(folder) / stem.with_name(f"{stem.name}.png")
 
 
 def dataset_identity(dataset: SegDataset, cfg_data: Any) -> dict[str, Any]:

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from diga.config import Config
 from diga.data.classes import CITYSCAPES_CLASSES, class_protocol
 from diga.data.datasets import SegDataset, eval_loader, normalize
+from diga.data.layouts import sample_stem
 from diga.metrics import SegMetrics
 from diga.protocols import Scoring, same_protocol
 from diga.train.distributed import current
@@ -119,6 +120,13 @@ def _label_ids(names: tuple[str, ...]) -> np.ndarray:
     return np.array([ids.get(name, 0) for name in names], np.uint8)
 
 
+def predicted_label_ids_name(sample_name: str) -> Path:
+    """Where ``--save-predictions`` puts a sample's labels, as Cityscapes' evaluation expects
+    them: ``aachen/aachen_000000_000019_pred_labelIds.png``."""
+    stem = sample_stem(sample_name)
+    return stem.with_name(f"{stem.name}_pred_labelIds.png")
+
+
 def _save_label_ids(out: Path, dataset: SegDataset, indices: list[int], pred: torch.Tensor,
                     train_to_label_id: np.ndarray) -> None:
     from PIL import Image
@@ -127,9 +135,7 @@ def _save_label_ids(out: Path, dataset: SegDataset, indices: list[int], pred: to
 
     label_ids = train_to_label_id[pred.cpu().numpy()]  # (B, H, W) Cityscapes label ids
     for index, ids in zip(indices, label_ids, strict=True):
-        name = Path(dataset.samples[index].name)
-        stem = name.name.removesuffix("_leftImg8bit.png").rsplit(".", 1)[0]
-        path = out / name.parent / f"{stem}_pred_labelIds.png"
+        path = out / predicted_label_ids_name(dataset.samples[index].name)
         atomic_write(path, lambda p, ids=ids: Image.fromarray(ids.astype(np.uint8)).save(p, format="PNG"))
 
 
