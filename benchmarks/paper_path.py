@@ -104,11 +104,27 @@ def rehearse(invoke: Invoke, preset: str, data: Path, out: Path, steps: int = 4,
     done["frames"] = raw
     invoke("predict", done["int8"], *raw, "--out", frames)
     done["predict"] = frames
+    # the same frames as a camera's video: overlay video, a report line per frame, uncertainty
+    from diga.data.layouts import read_image
+
+    video = write_video(out / "camera.mp4", [read_image(p) for p in raw])
+    invoke("predict", done["int8"], video, "--out", out / "video", "--uncertainty")
+    done["video"] = out / "video"
     invoke("bench", self_trained, "--backend", "torch", "--backend", "ort-cpu",
            "bench.time_budget_s=0.1", "bench.warmup=1", "bench.min_iters=2",
            "--json", out / "bench.json")
     done["bench"] = json.loads((out / "bench.json").read_text())
     return done
+
+
+def write_video(path: Path, images: list[Any], fps: int = 10) -> Path:
+    """RGB frames of one size as a video file (PyAV, the video extra)."""
+    from diga.runtime.video import VideoWriter
+
+    with VideoWriter(path, fps, images[0].shape[:2]) as writer:
+        for image in images:
+            writer.write(image)
+    return path
 
 
 def deployed_vs_eval(invoke: Invoke, run: Path, onnx: Path, out: Path) -> dict[str, Any]:

@@ -65,3 +65,23 @@ def diga_ok(*args: object) -> str:
     result = CliRunner().invoke(app, [str(a) for a in args])
     assert result.exit_code == 0, f"diga {' '.join(map(str, args))}:\n{result.output}"
     return result.output
+
+
+@pytest.fixture(scope="module")
+def run_and_onnx(tmp_path_factory):
+    """A run directory (random tiny model) and its ONNX export (TorchScript exporter: quick)."""
+    from diga.checkpoint import save_checkpoint
+    from diga.config import load_config
+    from diga.export.onnx_export import export_onnx, model_info
+    from diga.models import build_model
+
+    root = tmp_path_factory.mktemp("predict")
+    cfg = load_config("demo", ["data.builtin.size=64x128"])
+    torch.manual_seed(0)
+    model = build_model("deeplabv2_tiny", 19).eval()
+    meta = {"stage": "source", "step": 0, "config": cfg.to_dict(), "metrics": {}}
+    save_checkpoint(root / "run" / "checkpoints" / "last", model=model.state_dict(), meta=meta)
+    info = model_info(cfg, meta, (64, 128), dynamic=True, bake_preprocess=False, argmax=False)
+    onnx_path = root / "model.onnx"
+    export_onnx(model, info, onnx_path, exporter="torchscript")
+    return root / "run", onnx_path

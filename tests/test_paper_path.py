@@ -94,6 +94,19 @@ def test_paper_preset_rehearsal(tmp_path, data, preset):
     assert len(outputs) == len(done["frames"])
     assert np.array_equal(np.asarray(Image.open(outputs[0])), labels)
 
+    # the frames as a camera's video: an overlay video as long, a report line per frame, at
+    # the raw size, computed at the trained scale (as the images)
+    lines = (done["video"] / "camera.jsonl").read_text().splitlines()
+    assert len(lines) == len(done["frames"])
+    assert all(json.loads(x)["size"] == list(RAW) for x in lines)
+    import av
+
+    with av.open(str(done["video"] / "camera_overlay.mp4")) as container:
+        stream = container.streams.video[0]
+        assert sum(1 for _ in container.decode(stream)) == len(done["frames"])
+        assert (stream.codec_context.height, stream.codec_context.width) == RAW
+    assert (done["video"] / "camera_uncertainty.mp4").is_file()
+
     rows = [r for r in done["bench"]["rows"] if r["status"] == "ok"]
     assert {(Path(r["model"]).name, r["backend"]) for r in rows} >= {
         ("last", "torch"), ("model.onnx", "ort-cpu"), ("model.int8.onnx", "ort-cpu")}

@@ -13,30 +13,11 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from diga.checkpoint import save_checkpoint
 from diga.cli.app import app
-from diga.config import load_config
-from diga.export.onnx_export import export_onnx, model_info
-from diga.models import build_model
 from diga.runtime import engine_sidecar
 
 runner = CliRunner()
 ORT_HAS_CUDA = "CUDAExecutionProvider" in ort.get_available_providers()
-
-
-@pytest.fixture(scope="module")
-def run_and_onnx(tmp_path_factory):
-    """A run directory (random tiny model) and its ONNX export (TorchScript exporter: quick)."""
-    root = tmp_path_factory.mktemp("predict")
-    cfg = load_config("demo", ["data.builtin.size=64x128"])
-    torch.manual_seed(0)
-    model = build_model("deeplabv2_tiny", 19).eval()
-    meta = {"stage": "source", "step": 0, "config": cfg.to_dict(), "metrics": {}}
-    save_checkpoint(root / "run" / "checkpoints" / "last", model=model.state_dict(), meta=meta)
-    info = model_info(cfg, meta, (64, 128), dynamic=True, bake_preprocess=False, argmax=False)
-    onnx_path = root / "model.onnx"
-    export_onnx(model, info, onnx_path, exporter="torchscript")
-    return root / "run", onnx_path
 
 
 @pytest.fixture
@@ -82,6 +63,13 @@ def test_predict_onnx_writes_label_color_overlay(run_and_onnx, images, tmp_path)
     check_outputs(out, "b", (30, 50))
     check_outputs(out / "sub", "c", (24, 24))  # folder structure kept
     assert len(list(out.rglob("*.png"))) == 9
+    report = json.loads((out / "a.json").read_text())  # class areas and mean confidences
+    assert report["size"] == [40, 72] and report["model"] == str(run_and_onnx[1])
+    assert sum(c["area"] for c in report["classes"].values()) == pytest.approx(1.0)
+    assert all(0 < c["confidence"] <= 1 for c in report["classes"].values())
+    labels = np.asarray(Image.open(out / "a_label.png"))
+    top = next(iter(report["classes"].values()))  # largest first, as the label PNG counts it
+    assert top["area"] == pytest.approx(np.bincount(labels.ravel()).max() / labels.size)
 
 
 def test_predict_checkpoint_agrees_with_onnx(run_and_onnx, images, tmp_path):
@@ -95,13 +83,11 @@ def test_predict_checkpoint_agrees_with_onnx(run_and_onnx, images, tmp_path):
     assert (via_onnx == via_torch).mean() > 0.999
 
 
-def test_video_is_skipped_with_a_note(run_and_onnx, images, tmp_path):
+def test_damaged_video_is_one_line_before_any_work(run_and_onnx, images, tmp_path):
     (images / "clip.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42")
-    result = predict(run_and_onnx[1], images, "--out", tmp_path / "out")
-    assert result.exit_code == 0, result.output
-    assert "skipped video" in result.output and "clip.mp4" in result.output
-    only_video = predict(run_and_onnx[1], images / "clip.mp4", "--out", tmp_path / "o2")
-    assert "no images to predict" in only_video.output and only_video.exit_code == 1
+    line = one_error_line(predict(run_and_onnx[1], images, "--out", tmp_path / "out"))
+    assert "cannot open video" in line and "clip.mp4" in line
+    assert not (tmp_path / "out").exists()  # checked before the first image was written
 
 
 def test_undecodable_image_in_a_folder_names_the_file(run_and_onnx, images, tmp_path):

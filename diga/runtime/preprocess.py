@@ -157,19 +157,3 @@ def prepare_batch(images: Sequence[np.ndarray], info: ModelInfo) -> np.ndarray:
     if info.layout == "NCHW":
         return np.ascontiguousarray(batch.transpose(0, 3, 1, 2))
     return np.ascontiguousarray(batch)
-
-
-def labels_from_output(output: np.ndarray, info: ModelInfo,
-                       out_size: tuple[int, int] | None = None) -> np.ndarray:
-    """One image's model output -> uint8 (H, W) train-id label map at ``out_size``.
-
-    ``output`` is (C, h, w) logits or an (h, w) label map. Logits are resized bilinearly before
-    the argmax (sharper borders than resizing labels); label maps by nearest neighbour.
-    """
-    if info.output_kind == "logits":
-        logits = output.astype(np.float32, copy=False)
-        if out_size is not None:
-            logits = resize_logits(logits, out_size)
-        return logits.argmax(0).astype(np.uint8)
-    labels = output.astype(np.uint8, copy=False)
-    return resize_labels(labels, out_size) if out_size is not None else labels

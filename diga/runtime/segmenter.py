@@ -15,7 +15,7 @@ from __future__ import annotations
 import difflib
 import json
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,16 +23,17 @@ import numpy as np
 
 from diga.errors import UserError
 from diga.runtime.metadata import ModelInfo
+from diga.runtime.prediction import Prediction, prediction_from_output
 from diga.runtime.preprocess import (
     TRAINED,
     RunSize,
     check_run_size,
-    labels_from_output,
     model_input_size,
     prepare_batch,
     resize_rgb,
     to_rgb_uint8,
 )
+from diga.runtime.video import Frame
 
 BACKENDS = ("auto", "cpu", "cuda", "tensorrt", "openvino")
 MODEL_FILE_SUFFIXES = (".onnx", ".xml", ".engine", ".plan", ".trt")  # what Segmenter runs
@@ -237,12 +238,22 @@ class Segmenter:
     def predict_batch(self, images: Sequence[Any], out_size: tuple[int, int] | None = None,
                       max_batch: int = 8) -> list[np.ndarray]:
         """Label maps for many images; images that run at the same size share a batch."""
+        return [p.labels for p in self.segment(images, out_size, max_batch)]
+
+    def segment(self, images: Sequence[Any], out_size: tuple[int, int] | None = None,
+                max_batch: int = 8, uncertainty: bool = False) -> list[Prediction]:
+        """A ``Prediction`` per image: its labels and, with ``uncertainty`` (and a model that
+        outputs logits), its confidence and uncertainty maps. Images that run at the same size
+        share a batch of at most ``max_batch``."""
+        if uncertainty and self.info.output_kind != "logits":
+            raise UserError(f"{self.path.name} outputs labels, so it has no confidence to map",
+                            "export the model without --argmax (logits out)")
         rgbs = [to_rgb_uint8(img, name=f"image {i}" if len(images) > 1 else "image")
                 for i, img in enumerate(images)]
         groups: dict[tuple[int, int], list[int]] = {}
         for i, img in enumerate(rgbs):
             groups.setdefault(self.run_size(img.shape[:2]), []).append(i)
-        results: list[np.ndarray | None] = [None] * len(rgbs)
+        results: list[Prediction | None] = [None] * len(rgbs)
         step = min(max_batch, self._model.max_batch or max_batch)  # a static batch caps it
         for run_size, members in groups.items():
             for start in range(0, len(members), step):
@@ -250,10 +261,41 @@ class Segmenter:
                 batch = prepare_batch([resize_rgb(rgbs[i], run_size) for i in chunk], self.info)
                 outputs = self.run(batch)
                 for i, output in zip(chunk, outputs, strict=True):
-                    size = out_size or rgbs[i].shape[:2]
-                    results[i] = labels_from_output(output, self.info,
-                                                    None if tuple(size) == run_size else size)
+                    size = tuple(out_size or rgbs[i].shape[:2])
+                    results[i] = prediction_from_output(
+                        output, self.info, None if size == run_size else size, uncertainty)
         return results  # type: ignore[return-value]
+
+    def stream(self, source: Any, stride: int = 1, batch: int = 4,
+               uncertainty: bool = False) -> Iterator[tuple[Frame, Prediction]]:
+        """``(frame, prediction)`` for every ``stride``-th frame of a video file, a webcam
+        index, a stream URL (PyAV), or any iterable of images (an app's own camera loop).
+
+        Frames are batched ``batch`` at a time for the model, so a result comes out up to
+        ``batch - 1`` frames after its frame went in; ``batch=1`` for the lowest delay.
+        """
+        if isinstance(source, (str, Path, int)):
+            from diga.runtime.video import open_video
+
+            with open_video(source) as video:
+                yield from self._stream_frames(video.frames(stride), batch, uncertainty)
+        else:
+            frames = (Frame(i, None, to_rgb_uint8(img))
+                      for i, img in enumerate(source) if i % stride == 0)
+            yield from self._stream_frames(frames, batch, uncertainty)
+
+    def _stream_frames(self, frames: Iterable[Frame], batch: int,
+                       uncertainty: bool) -> Iterator[tuple[Frame, Prediction]]:
+        pending: list[Frame] = []
+        for frame in frames:
+            pending.append(frame)
+            if len(pending) == batch:
+                yield from zip(pending, self.segment([f.image for f in pending], None, batch,
+                                                     uncertainty), strict=True)
+                pending = []
+        if pending:
+            yield from zip(pending, self.segment([f.image for f in pending], None, batch,
+                                                 uncertainty), strict=True)
 
     def colorize(self, labels: np.ndarray) -> np.ndarray:
         return colorize(labels, self.info.palette)

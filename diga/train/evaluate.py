@@ -167,17 +167,34 @@ class TorchSegmenter:
         self.scales, self.flip = tuple(scales), flip
 
     @torch.no_grad()
-    def __call__(self, image: np.ndarray, out_size: tuple[int, int] | None = None) -> np.ndarray:
-        """RGB uint8 (H, W, 3) -> uint8 (H, W) train ids (or at ``out_size``)."""
+    def logits(self, image: np.ndarray, out_size: tuple[int, int] | None = None) -> torch.Tensor:
+        """RGB uint8 (H, W, 3) -> (C, H, W) float logits at the image's size (or ``out_size``)."""
         from diga.runtime.preprocess import model_input_size, scale_views
 
         run = model_input_size(self.info, image.shape[:2], self.size)
         views = {s: torch.from_numpy(np.array(v)).permute(2, 0, 1)[None].to(self.device)
                  for s, v in scale_views(image, run, {1.0, *self.scales}).items()}  # (1, 3, h, w)
-        logits = predict_logits(self.model, views.pop(1.0), tuple(out_size or image.shape[:2]),
-                                self.cfg.data.mean, self.cfg.data.std, self.scales, self.flip,
-                                views)
-        return logits.argmax(1)[0].to(torch.uint8).cpu().numpy()
+        return predict_logits(self.model, views.pop(1.0), tuple(out_size or image.shape[:2]),
+                              self.cfg.data.mean, self.cfg.data.std, self.scales, self.flip,
+                              views)[0]
+
+    def __call__(self, image: np.ndarray, out_size: tuple[int, int] | None = None) -> np.ndarray:
+        """RGB uint8 (H, W, 3) -> uint8 (H, W) train ids (or at ``out_size``)."""
+        return self.logits(image, out_size).argmax(0).to(torch.uint8).cpu().numpy()
+
+    def segment(self, images: list[np.ndarray], out_size: tuple[int, int] | None = None,
+                max_batch: int = 8, uncertainty: bool = False) -> list[Any]:
+        """``Segmenter.segment``'s contract: a ``Prediction`` per RGB image (one at a time:
+        images of a checkpoint's users differ in size)."""
+        from diga.runtime.prediction import Prediction, softmax_maps
+
+        out = []
+        for image in images:
+            logits = self.logits(image, out_size)
+            labels = logits.argmax(0).to(torch.uint8).cpu().numpy()
+            maps = softmax_maps(logits.float().cpu().numpy()) if uncertainty else (None, None)
+            out.append(Prediction(labels, *maps))
+        return out
 
     def close(self) -> None:
         self.model = None  # type: ignore[assignment]
