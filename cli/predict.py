@@ -140,7 +140,7 @@ def predict_command(
 
     Examples:
       diga predict runs/x/export/model.onnx street.jpg frames/ --out preds
-      diga predict model.onnx drive.mp4 'clips/*.mkv' --stride 2 --uncertainty --out v
+      diga predict model.onnx drive.mp4 'clips/*.mkv' --stride 2 --out v
       diga predict model.onnx rtsp://camera.local/live --out cam
     """
     from diga.runtime import check_backend
