@@ -6,6 +6,9 @@ turns it into one printed line and exit code 1.
 
 from __future__ import annotations
 
+import importlib
+from types import ModuleType
+
 
 class UserError(Exception):
     """A mistake in the user's input (config, paths, files), with a hint on how to fix it."""
@@ -32,3 +35,12 @@ class RunStopped(Exception):
         self.message = message
         self.code = code
         super().__init__(message)
+
+
+def import_optional(name: str, message: str, hint: str) -> ModuleType:
+    """The optional package ``name`` (an extra: PyAV, OpenVINO, TensorRT), or one
+    ``UserError`` line saying what needs it and how to install it."""
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        raise UserError(message, hint) from None

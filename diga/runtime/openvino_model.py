@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from diga.errors import UserError
+from diga.errors import UserError, import_optional
 
 RT_SECTION = "diga"
 HINTS = {"latency": "LATENCY", "throughput": "THROUGHPUT"}
@@ -22,12 +22,8 @@ INSTALL_HINT = "pip install 'diga[openvino]' (or pip install openvino)"
 
 def import_openvino() -> Any:
     """The ``openvino`` module, or one line saying how to install it."""
-    try:
-        import openvino
-    except ImportError:
-        raise UserError("OpenVINO models need the openvino package, which is not installed",
-                        INSTALL_HINT) from None
-    return openvino
+    return import_optional("openvino", "OpenVINO models need the openvino package, which is "
+                           "not installed", INSTALL_HINT)
 
 
 _CORE: Any = None

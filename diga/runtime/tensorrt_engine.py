@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from diga.errors import UserError
+from diga.errors import UserError, import_optional
 
 NO_TRT_HINT = ("pip install tensorrt pycuda on a machine with an NVIDIA GPU and driver, "
                "or use the .onnx model with --backend cpu")
@@ -25,12 +25,8 @@ NO_TRT_HINT = ("pip install tensorrt pycuda on a machine with an NVIDIA GPU and 
 
 def import_tensorrt() -> Any:
     """The ``tensorrt`` module, or a ``UserError`` saying it is not installed."""
-    try:
-        import tensorrt as trt
-    except ImportError:
-        raise UserError("TensorRT is not installed (no Python package 'tensorrt')",
-                        NO_TRT_HINT) from None
-    return trt
+    return import_optional("tensorrt", "TensorRT is not installed (no Python package "
+                           "'tensorrt')", NO_TRT_HINT)
 
 
 def cuda_device_count() -> int | None:

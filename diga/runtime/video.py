@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from diga.errors import UserError
+from diga.errors import UserError, import_optional
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
 STREAM_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "tcp://")
@@ -30,12 +30,8 @@ INSTALL_HINT = "pip install 'diga[video]' (PyAV, FFmpeg's Python bindings; or pi
 
 def require_av() -> Any:
     """The ``av`` module, or one clear error saying how to install it."""
-    try:
-        import av
-    except ImportError:
-        raise UserError("reading and writing video needs PyAV, which is not installed",
-                        INSTALL_HINT) from None
-    return av
+    return import_optional("av", "reading and writing video needs PyAV, which is not installed",
+                           INSTALL_HINT)
 
 
 def is_stream(source: Any) -> bool:
