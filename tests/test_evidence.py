@@ -57,3 +57,16 @@ def test_one_seed_end_to_end(tmp_path, tiny):
     before = (out / "seed0" / "source" / "metrics.jsonl").read_text()
     main([*tiny, "--seeds", "0", "--out", str(out)])  # finished runs are reused, not retrained
     assert (out / "seed0" / "source" / "metrics.jsonl").read_text() == before
+
+
+@pytest.mark.slow
+def test_parallel_seeds_give_the_numbers_of_one_process(tmp_path, tiny, one_torch_thread):
+    """--jobs 2: seeds in parallel single-threaded processes, the same numbers as seed by seed
+    in this process with --threads 1 (one thread's float kernels either way)."""
+    parallel, serial = tmp_path / "parallel", tmp_path / "serial"
+    main([*tiny, "--seeds", "0", "1", "--jobs", "2", "--out", str(parallel)])
+    result = json.loads((parallel / "evidence.json").read_text())
+    assert [s["seed"] for s in result["seeds"]] == [0, 1]
+    assert (parallel / "seed1.log").is_file()
+    main([*tiny, "--seeds", "0", "--threads", "1", "--out", str(serial)])
+    assert json.loads((serial / "seed0.json").read_text())["miou"] == result["seeds"][0]["miou"]
