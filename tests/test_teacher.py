@@ -61,25 +61,25 @@ def test_train_mode_switches_dropout_off_and_follows_frozen_bn():
         student = build_model("deeplabv2_tiny", 19, None, freeze_bn).train()
         teacher = EMATeacher(student)
         x = torch.rand(2, 3, 32, 64)
-        teacher.train_mode()  # the default: no dropout, BN as the student's
+        teacher.train_mode(dropout=False)  # no dropout, BN as the student's
         with torch.no_grad():  # dropout off: two passes give the same targets
             assert torch.equal(teacher(x).logits, teacher(x).logits)
         bn = [m.training for m in teacher.model.modules() if isinstance(m, nn.BatchNorm2d)]
         assert set(bn) == {not freeze_bn}
-        teacher.train_mode(dropout=True)  # the reference's teacher
+        teacher.train_mode()  # the reference's teacher: dropout on
         with torch.no_grad():
             assert not torch.equal(teacher(x).logits, teacher(x).logits)
-        teacher.train_mode(bn="eval")
+        teacher.train_mode(dropout=False, bn="eval")
         assert not any(m.training for m in teacher.model.modules() if isinstance(m, nn.BatchNorm2d))
     with pytest.raises(ValueError, match="bn must be"):
         teacher.train_mode(bn="frozen")
 
 
 @pytest.mark.parametrize("keys, teacher_dropout, teacher_bn", [
-    ([], {False}, {True}),  # the default: dropout off, BN in training mode as the student's
-    (["method.teacher_dropout=true"], {True}, {True}),  # the reference's teacher
-    (["method.teacher_bn=eval"], {False}, {False}),
-    (["model.freeze_bn=true"], {False}, {False}),  # frozen BN: the student's too
+    ([], {True}, {True}),  # the default, the reference's: dropout on, BN as the student's
+    (["method.teacher_dropout=false"], {False}, {True}),  # no dropout noise in the targets
+    (["method.teacher_dropout=false", "method.teacher_bn=eval"], {False}, {False}),
+    (["model.freeze_bn=true"], {True}, {False}),  # frozen BN: the student's too
 ])
 def test_teacher_mode_during_the_warmup_step(tmp_path, recording, keys, teacher_dropout,
                                               teacher_bn):
@@ -147,11 +147,12 @@ def test_continued_teacher_starts_from_the_warmup_teacher(tmp_path, monkeypatch)
 
 @pytest.mark.slow
 def test_paper_preset_teacher_on_the_users_path(tmp_path, recording):
-    """gta2cs-deeplabv2 as shipped (frozen BN) on data in the real layouts: the teacher runs
-    without dropout and with frozen BN, and self-training continues the warm-up teacher."""
+    """gta2cs-deeplabv2 as shipped (frozen BN) on data in the real layouts: the teacher's BN
+    is frozen as the student's, dropout follows the key, and self-training continues the
+    warm-up teacher."""
     data = write_data(diga_ok, tmp_path / "data", source_train=4, target_train=4, target_val=2)
     keys = [*scaled_overrides("gta2cs-deeplabv2", data, steps=2, selftrain_steps=2),
-            "model.freeze_bn=true"]
+            "model.freeze_bn=true", "method.teacher_dropout=false"]
     diga_ok("train", "warmup", "gta2cs-deeplabv2", *keys, "--out", tmp_path / "w", "-q")
     assert modes("teacher", "dropout") == {False} and modes("teacher", "bn") == {False}
     assert modes("student", "dropout") >= {True}

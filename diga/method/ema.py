@@ -44,10 +44,11 @@ class EMATeacher:
             raise ValueError(f"step must be >= 0, got {step}")
         return min(1.0 - 1.0 / (step + 1), self.max_momentum)
 
-    def train_mode(self, dropout: bool = False, bn: str = "student") -> EMATeacher:
+    def train_mode(self, dropout: bool = True, bn: str = "student") -> EMATeacher:
         """The teacher's mode in a training step: the student's (``train()``, which keeps BN
         frozen in models built with ``freeze_bn``), then dropout off unless ``dropout``, and
         BatchNorm on its running statistics where ``bn="eval"`` (``"student"``: as the student).
+        The defaults are the reference's (``method.teacher_dropout``, ``method.teacher_bn``).
         """
         if bn not in ("student", "eval"):
             raise ValueError(f"bn must be 'student' or 'eval', got {bn!r}")
