@@ -250,6 +250,10 @@ class SelftrainConfig(Section):
     # a = min(1 - 1/(t0 + t + 1), ema_max) with t0 the steps it has averaged; "restart" (the
     # reference): a copy of the student, t from 0 (a = 0 at the first step).
     teacher_init: Literal["continue", "restart"] = "continue"
+    # The teacher's BatchNorm in self-training; None: method.teacher_bn. "eval": the teacher
+    # computes its target features on running statistics, as the offline centroids it is
+    # compared with were computed (without model.freeze_bn the two differ otherwise).
+    teacher_bn: Literal["student", "eval"] | None = None
 
 
 class PseudoConfig(Section):

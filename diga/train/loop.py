@@ -125,8 +125,9 @@ def train_stage(cfg: Config, stage: str, run_dir: Path, resume: bool = False,
             "init": str(selftrain.init.folder) if selftrain is not None else None}
 
     student.train()
-    if teacher is not None:  # the student's mode, dropout off (method.teacher_dropout/_bn)
-        teacher.train_mode(cfg.method.teacher_dropout, cfg.method.teacher_bn)
+    if teacher is not None:  # the student's mode, dropout as method.teacher_dropout
+        bn = (cfg.selftrain.teacher_bn if stage == "selftrain" else None) or cfg.method.teacher_bn
+        teacher.train_mode(cfg.method.teacher_dropout, bn)
     progress = StepProgress(stage, steps, start, enabled=show_progress and dist.is_main)
     palette, logged = class_protocol(cfg.num_classes).palette, {}
     tic = last_checkpoint = time.perf_counter()
