@@ -161,3 +161,12 @@ def test_paper_preset_teacher_on_the_users_path(tmp_path, recording):
             "--out", tmp_path / "s", "-q")
     assert recording.steps == [2, 3, 4, 5]  # the preset's 2 rounds, each going on
     assert modes("teacher", "dropout") == {False}
+
+
+def test_selftrain_teacher_bn_applies_to_self_training_only(tmp_path, recording):
+    base = [*TINY, "train.steps=2", "selftrain.steps=2", "selftrain.teacher_bn=eval"]
+    train_stage(load_config("demo", base), "warmup", tmp_path / "w", show_progress=False)
+    assert modes("teacher", "bn") == {True}  # warm-up: method.teacher_bn (as the student's)
+    recording.calls.clear()
+    run_selftrain(load_config("demo", base), tmp_path / "w", tmp_path / "s", show_progress=False)
+    assert modes("teacher", "bn") == {False} and True in modes("student", "bn")
