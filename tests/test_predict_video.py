@@ -172,3 +172,24 @@ def test_video_through_a_checkpoint_and_an_openvino_ir(run_and_onnx, clip, tmp_p
     assert [r["frame"] for r in lines] == [0, 4, 8]
     assert all(0 < r["mean_confidence"] <= 1 and 0 <= r["mean_uncertainty"] <= 1 for r in lines)
     assert probe(out / "drive_overlay.mp4") == (3, (64, 128), RATE / 4)
+
+
+def test_ctrl_c_keeps_complete_outputs(run_and_onnx, clip, tmp_path, monkeypatch):
+    """Ctrl-C (how a webcam or a stream stops) in the middle of a video: exit code 130, the
+    frames done so far in a complete, playable video and as many JSON lines; nothing partial."""
+    real = Segmenter.segment
+    calls = []
+
+    def interrupted(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Segmenter, "segment", interrupted)
+    out = tmp_path / "out"
+    result = predict(run_and_onnx[1], clip, "--out", out, "--batch", "4")
+    assert result.exit_code == 130, result.output
+    assert probe(out / "drive_overlay.mp4")[:2] == (8, (64, 128))  # two batches of 4
+    assert len((out / "drive.jsonl").read_text().splitlines()) == 8
+    assert not list(out.glob(".*partial*"))
