@@ -33,7 +33,7 @@ from diga.runtime.preprocess import (
     resize_rgb,
     to_rgb_uint8,
 )
-from diga.runtime.video import Frame
+from diga.runtime.video import Frame, open_video
 
 BACKENDS = ("auto", "cpu", "cuda", "tensorrt", "openvino")
 MODEL_FILE_SUFFIXES = (".onnx", ".xml", ".engine", ".plan", ".trt")  # what Segmenter runs
@@ -275,8 +275,6 @@ class Segmenter:
         ``batch - 1`` frames after its frame went in; ``batch=1`` for the lowest delay.
         """
         if isinstance(source, (str, Path, int)):
-            from diga.runtime.video import open_video
-
             with open_video(source) as video:
                 yield from self._stream_frames(video.frames(stride), batch, uncertainty)
         else:
@@ -286,16 +284,18 @@ class Segmenter:
 
     def _stream_frames(self, frames: Iterable[Frame], batch: int,
                        uncertainty: bool) -> Iterator[tuple[Frame, Prediction]]:
+        def run(chunk: list[Frame]) -> Iterator[tuple[Frame, Prediction]]:
+            predictions = self.segment([f.image for f in chunk], None, batch, uncertainty)
+            return zip(chunk, predictions, strict=True)
+
         pending: list[Frame] = []
         for frame in frames:
             pending.append(frame)
             if len(pending) == batch:
-                yield from zip(pending, self.segment([f.image for f in pending], None, batch,
-                                                     uncertainty), strict=True)
+                yield from run(pending)
                 pending = []
         if pending:
-            yield from zip(pending, self.segment([f.image for f in pending], None, batch,
-                                                 uncertainty), strict=True)
+            yield from run(pending)
 
     def colorize(self, labels: np.ndarray) -> np.ndarray:
         return colorize(labels, self.info.palette)
