@@ -22,7 +22,7 @@ from diga.cli.predict_io import (
 )
 from diga.errors import UserError
 from diga.runtime.preprocess import RunSize
-from diga.runtime.video import VIDEO_SUFFIXES, require_av
+from diga.runtime.video import VIDEO_SUFFIXES, is_stream, open_video, require_av
 
 
 class TorchPredictor:
@@ -156,8 +156,6 @@ def predict_command(
         raise UserError(f"output path {out} is a file", "choose a folder with --out")
     if found.videos:
         require_av()  # before the model loads: one line saying how to install PyAV
-        from diga.runtime.video import is_stream, open_video
-
         for source, _ in found.videos:  # a damaged file fails here, before any output
             if not is_stream(source):
                 open_video(source).close()
@@ -225,8 +223,6 @@ def _predict_video(predictor: Any, source: str, base: Path, look: Look, batch: i
                    maps: bool, save_frames: bool) -> Timer:
     """One video's outputs; the time spent decoding, in the model and writing outputs."""
     from fractions import Fraction
-
-    from diga.runtime.video import open_video
 
     timer = Timer()
     with open_video(source) as video:
