@@ -16,7 +16,9 @@ pseudo-label accuracy before and after selection and the fraction of pixels kept
 the round's logged steps; diagnosis only, never used for training).
 
 Every run goes to ``OUT/seed<N>/<row>`` and is skipped when finished, so an interrupted
-table resumes. Run:
+table resumes. ``--share OTHER`` copies the finished source-only, SymKD, warm-up and oracle
+runs of another table where their config is this table's on every key those stages read (a
+variant that changes self-training keys only trains its self-training rounds). Run:
 
     python -m diga.benchmarks.evidence [CONFIG] [key=value ...] --seeds 0 1 2 --out runs/evidence
 
@@ -60,14 +62,48 @@ def _pseudo_means(run_dir: Path) -> dict[str, float]:
     return {k: statistics.fmean(r[k] for r in rows) for k in PSEUDO_KEYS if rows and k in rows[0]}
 
 
-def run_seed(cfg: Config, out: Path, say: Callable[[str], None] = print) -> dict[str, Any]:
-    """Every row and ablation for ``cfg.run.seed`` into ``out``; finished runs are reused."""
+# Sections no source-only, SymKD, warm-up or oracle run reads: runs whose configs differ only
+# there are the same run.
+AFTER_WARMUP = ("selftrain", "centroids", "pseudo", "export", "bench")
+
+
+def _same_before_selftrain(a: Config, b: Config) -> bool:
+    strip = lambda c: {k: v for k, v in c.to_dict().items() if k not in AFTER_WARMUP}  # noqa: E731
+    return strip(a) == strip(b)
+
+
+def _copy_shared(run_cfg: Config, run_dir: Path, shared: Path, steps: int) -> bool:
+    """Copy ``shared`` (a finished run of another table) to ``run_dir`` when it is the run
+    ``run_cfg`` would train; returns whether it did."""
+    from diga.config import config_from_dict
+    from diga.train.stages import finished_metrics
+
+    if run_dir.exists() or finished_metrics(shared, steps) is None:
+        return False
+    import yaml
+
+    saved = config_from_dict(yaml.safe_load((shared / "config.yaml").read_text()))
+    if not _same_before_selftrain(saved, run_cfg):
+        return False
+    shutil.copytree(shared, run_dir)
+    return True
+
+
+def run_seed(cfg: Config, out: Path, say: Callable[[str], None] = print,
+             share: Path | None = None,
+             selections: tuple[str, ...] = SELECTIONS) -> dict[str, Any]:
+    """Every row and ablation for ``cfg.run.seed`` into ``out``; finished runs are reused, and
+    with ``share`` (another table's seed folder) copied from there where they are the same.
+    ``selections``: the selection ablation's rows (the consensus always runs: rounds 1, 2)."""
     from diga.train.loop import train_stage
     from diga.train.stages import finished_metrics, run_selftrain
 
     def stage(name: str, run_cfg: Config, kind: str) -> float:
         run_dir = out / name
-        metrics = finished_metrics(run_dir, run_cfg.stage_steps(kind))
+        steps = run_cfg.stage_steps(kind)
+        if share is not None and _copy_shared(run_cfg, run_dir, share / name, steps):
+            say(f"seed {run_cfg.run.seed}: {name} copied from {share / name}")
+        metrics = finished_metrics(run_dir, steps)
         if metrics is None:
             say(f"seed {run_cfg.run.seed}: {name}")
             partial = (run_dir / "checkpoints" / "last").is_dir()
@@ -91,12 +127,13 @@ def run_seed(cfg: Config, out: Path, say: Callable[[str], None] = print) -> dict
         "target oracle": stage("oracle", oracle_config(cfg), "source"),
     }
     selection: dict[str, dict[str, float]] = {}
-    for sel in SELECTIONS:
+    for sel in dict.fromkeys(("consensus", *selections)):
         rounds = 2 if sel == "consensus" else 1
         st_dir = out / f"selftrain-{sel}"
         say(f"seed {cfg.run.seed}: self-training ({sel}, {rounds} round(s))")
         results = run_selftrain(variant(selftrain__selection=sel, selftrain__rounds=rounds),
-                                out / "warmup", st_dir, resume=True, show_progress=False)
+                                out / "warmup", st_dir, resume=True, show_progress=False,
+                                regenerate=True)  # a shared warm-up's centroids may differ
         selection[sel] = {"miou": results[0].metrics["target_val_miou"],
                           **_pseudo_means(st_dir / "round1")}
         if sel == "consensus":
@@ -118,7 +155,8 @@ def summarize(seeds: list[dict[str, Any]]) -> dict[str, Any]:
         "miou": {row: _stats([s["miou"][row] for s in seeds]) for row in ROWS},
         "gap_closure": _stats([s["gap_closure"] for s in seeds]),
         "selection": {sel: {k: _stats([s["selection"][sel][k] for s in seeds])
-                            for k in seeds[0]["selection"][sel]} for sel in SELECTIONS},
+                            for k in seeds[0]["selection"][sel]}
+                      for sel in SELECTIONS if sel in seeds[0]["selection"]},
     }
     m = summary["miou"]
     summary["gains"] = {
@@ -137,7 +175,7 @@ def markdown(summary: dict[str, Any], n_seeds: int) -> str:
                  f"{pm(summary['gap_closure'], 100)} % |")
     lines += ["", "| selection (1 round from the same warm-up) | mIoU | pseudo-label accuracy, "
               "all pixels | accuracy of the kept pixels | pixels kept |", "|---|---|---|---|---|"]
-    for sel in SELECTIONS:
+    for sel in (s for s in SELECTIONS if s in summary["selection"]):
         row = summary["selection"][sel]
         cells = [pm(row[k], 100) + " %" if k in row else "-" for k in PSEUDO_KEYS]
         lines.append(f"| {sel} | {pm(row['miou'])} | " + " | ".join(cells) + " |")
@@ -154,6 +192,11 @@ def main(argv: list[str] | None = None) -> None:
                         "on it; default: torch's)")
     parser.add_argument("--jobs", type=int, default=1,
                         help="seeds run in parallel processes, each with --threads (default 1)")
+    parser.add_argument("--selections", nargs="+", choices=SELECTIONS, default=list(SELECTIONS),
+                        help="the selection ablation's rows (default all; consensus always)")
+    parser.add_argument("--share", type=Path, default=None,
+                        help="another table's folder: its finished runs before self-training "
+                        "are copied where this table's config would train the same run")
     args = parser.parse_args(argv)
     from diga.cli.common import split_config_args
 
@@ -171,7 +214,9 @@ def main(argv: list[str] | None = None) -> None:
             seeds.append(json.loads(done.read_text()))
             continue
         cfg = load_config(config, [*overrides, f"run.seed={seed}"])
-        seeds.append(run_seed(cfg, args.out / f"seed{seed}"))
+        share = args.share / f"seed{seed}" if args.share else None
+        seeds.append(run_seed(cfg, args.out / f"seed{seed}", share=share,
+                              selections=tuple(args.selections)))
         atomic_write_json(done, seeds[-1])
     summary = summarize(seeds)
     atomic_write_json(args.out / "evidence.json", {"seeds": seeds, "summary": summary})
@@ -190,7 +235,9 @@ def _parallel_seeds(args: argparse.Namespace) -> None:
 
     def one(seed: int) -> int:
         cmd = [sys.executable, "-m", "diga.benchmarks.evidence", *args.config, "--seeds",
-               str(seed), "--out", str(args.out), "--threads", str(args.threads or 1)]
+               str(seed), "--out", str(args.out), "--threads", str(args.threads or 1),
+               "--selections", *args.selections,
+               *(["--share", str(args.share)] if args.share else [])]
         args.out.mkdir(parents=True, exist_ok=True)
         with (args.out / f"seed{seed}.log").open("w") as log:
             return subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT).returncode

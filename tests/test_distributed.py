@@ -80,6 +80,11 @@ def _ddp_worker(rank: int, port: int, tmp: str) -> None:
     cfg = load_config("demo", TINY)
     dist, device = init_distributed(cfg.run)
     assert (dist.rank, dist.world_size) == (rank, 2)
+    # per-image rows of every rank in the global batch's order (the per-image centroid update)
+    rows = dist.gather_batch(torch.tensor([[10.0 * rank + i] for i in range(3)]))
+    flags = dist.gather_batch(torch.tensor([rank == 0, True, False]))
+    (tmp_path / f"gathered_rank{rank}.json").write_text(
+        json.dumps({"rows": rows.flatten().tolist(), "flags": flags.tolist()}))
 
     # default warm-up (random augmentation, FDA mixture, per-rank BN): teachers kept for the test
     teachers = []
@@ -279,6 +284,14 @@ def test_teacher_identical_on_ranks_and_rank0_writes(ddp):
     state = resolve_checkpoint(run).state()
     assert len(state["rank_rng"]) == 2  # each rank's streams, for an exact DDP resume
     assert not torch.equal(state["rank_rng"][0]["mix_rng"], state["rank_rng"][1]["mix_rng"])
+
+
+@pytest.mark.slow
+def test_gather_batch_orders_rows_as_the_global_batch(ddp):
+    for rank in (0, 1):  # row i of rank r is row i * W + r of the global batch, on every rank
+        got = json.loads((ddp / f"gathered_rank{rank}.json").read_text())
+        assert got == {"rows": [0.0, 10.0, 1.0, 11.0, 2.0, 12.0],
+                       "flags": [True, False, True, True, False, False]}
 
 
 @pytest.mark.slow

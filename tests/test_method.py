@@ -397,15 +397,17 @@ def test_class_feature_sums_and_update_centroids():
                           torch.tensor([1.9, 1.9]))  # fmt: skip
 
 
-def test_centroid_accumulator_skips_small_classes_per_image():
+@pytest.mark.parametrize("weighting", ["pixel", "image"])
+def test_centroid_accumulator_skips_small_classes_per_image(weighting):
     # 8 pixels per image; image 0: 6 x class 0, 2 x class 1 (skipped);
     # image 1: 3 x class 0 (skipped), 5 x class 1. Class 2 never predicted.
     preds = torch.tensor([[0, 0, 0, 0, 0, 0, 1, 1], [0, 0, 0, 1, 1, 1, 1, 1]]).view(2, 2, 4)
     logits = F.one_hot(preds, 3).permute(0, 3, 1, 2).float()  # (2, 3, 2, 4)
     features = torch.arange(16, dtype=torch.float32).view(2, 1, 2, 4)  # F = 1
-    acc = CentroidAccumulator(num_classes=3, feat_dim=1)
+    acc = CentroidAccumulator(num_classes=3, feat_dim=1, weighting=weighting)
     acc.add(features, logits)
-    assert acc.counts.tolist() == [6, 5, 0]
+    # pixels, or images, per class
+    assert acc.counts.tolist() == ([6, 5, 0] if weighting == "pixel" else [1, 1, 0])
     # class 0: mean(0..5) = 2.5; class 1: mean(11..15) = 13
     assert torch.allclose(acc.centroids(), torch.tensor([[2.5], [13.0], [0.0]]))
 
@@ -414,6 +416,10 @@ def test_centroid_accumulator_skips_small_classes_per_image():
         torch.full((1, 1, 2, 4), 100.0),
         torch.tensor([5.0, 0.0, 0.0]).view(1, 3, 1, 1).expand(1, 3, 1, 2),
     )
-    assert acc.counts.tolist() == [14, 5, 0]
-    assert torch.allclose(acc.centroids()[0], torch.tensor([(15.0 + 800.0) / 14]))
+    if weighting == "pixel":  # 6 pixels of 0..5 and 8 of 100
+        assert acc.counts.tolist() == [14, 5, 0]
+        assert torch.allclose(acc.centroids()[0], torch.tensor([(15.0 + 800.0) / 14]))
+    else:  # two images' means
+        assert acc.counts.tolist() == [2, 1, 0]
+        assert torch.allclose(acc.centroids()[0], torch.tensor([(2.5 + 100.0) / 2]))
     assert acc.centroids().dtype == torch.float32

@@ -23,6 +23,7 @@ from diga.config.schema import (
     AugmentConfig,
     BenchConfig,
     BuiltinData,
+    CentroidsConfig,
     Config,
     DataConfig,
     DomainData,
@@ -44,8 +45,8 @@ from diga.config.schema import (
 
 __all__ = [
     "IMAGENET_MEAN", "IMAGENET_STD", "PRESETS", "AugmentConfig", "BenchConfig", "BuiltinData",
-    "Config", "DataConfig", "DomainData", "EvalConfig", "ExportConfig", "MethodConfig",
-    "ModelConfig", "OptimConfig", "PseudoConfig", "RunConfig", "Section", "SelftrainConfig",
+    "CentroidsConfig", "Config", "DataConfig", "DomainData", "EvalConfig", "ExportConfig",
+    "MethodConfig", "ModelConfig", "OptimConfig", "PseudoConfig", "RunConfig", "Section", "SelftrainConfig",
     "Size", "TrainConfig", "TranslatorConfig", "WarmupConfig", "build_config",
     "check_data_paths", "config_from_dict", "deep_merge", "load_config", "merge_overrides",
     "parse_overrides", "parse_size", "read_yaml", "save_config", "saved_config_with",

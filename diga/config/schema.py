@@ -176,6 +176,11 @@ class MethodConfig(Section):
     teacher_bn: Literal["student", "eval"] = "student"
     sym_weight: float = Field(0.5, ge=0)  # w_sym in L_kd
     ignore_index: int = 255
+    # The class-mix draw (cross-domain mixture and self-training's class mix). False (METHOD):
+    # floor(n/2) of the n classes present, IGNORE excluded. True (the reference code): IGNORE
+    # counts among the n present classes and can be drawn, which pastes one class fewer. IGNORE
+    # pixels are pasted either way.
+    mix_draw_ignore: bool = False
     augment: AugmentConfig = AugmentConfig()
 
 
@@ -254,6 +259,27 @@ class SelftrainConfig(Section):
     # computes its target features on running statistics, as the offline centroids it is
     # compared with were computed (without model.freeze_bn the two differ otherwise).
     teacher_bn: Literal["student", "eval"] | None = None
+    # The teacher pass whose features the consensus compares with the centroids. "separate"
+    # (METHOD, the reference): the teacher on the clean target batch alone, so its BN (in
+    # batch-statistics mode) sees target statistics only; "joint": one teacher pass over the
+    # source views and the target batch (their BN statistics mixed; the same with frozen BN).
+    teacher_target_pass: Literal["separate", "joint"] = "separate"
+    # Which teacher features: "after_dropout" (METHOD, the reference: the map the classifier
+    # receives, the head's dropout applied) or "before_dropout".
+    selection_features: Literal["after_dropout", "before_dropout"] = "after_dropout"
+    # The online centroid update. "per_image" (METHOD, the reference): one update
+    # mu_c <- (1-m) mu_c + m v per (image, class), v that image's class mean, target images
+    # then mixed source images; "pooled": one update per step with the class mean pooled over
+    # the pixels of both domains.
+    centroid_update: Literal["per_image", "pooled"] = "per_image"
+
+
+class CentroidsConfig(Section):
+    """The offline class centroids (``diga centroids``, made by self-training when absent)."""
+
+    # "image" (METHOD, the reference): the mean over images of each image's class mean;
+    # "pixel": the mean over all pixels predicted as the class, so large regions weigh more.
+    weighting: Literal["image", "pixel"] = "image"
 
 
 class PseudoConfig(Section):
@@ -337,6 +363,7 @@ class Config(Section):
     warmup: WarmupConfig = WarmupConfig()
     translator: TranslatorConfig = TranslatorConfig()
     selftrain: SelftrainConfig = SelftrainConfig()
+    centroids: CentroidsConfig = CentroidsConfig()
     pseudo: PseudoConfig = PseudoConfig()
     eval: EvalConfig = EvalConfig()
     export: ExportConfig = ExportConfig()

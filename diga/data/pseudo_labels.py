@@ -24,6 +24,9 @@ MANIFEST = "manifest.json"
 # 2: labels at each target image's own (raw label) size, with the model's weights hash.
 # Folders of diga 0.1 have no "format": labels at the training resize, no weights hash.
 INPUTS_FORMAT = 2
+# the config key behind each setting a pseudo-label folder or centroids file records
+PROVENANCE_KEYS = {"inference_size": "data.target.resize", "scales": "pseudo.scales",
+                   "weighting": "centroids.weighting"}
 
 
 class StaleInputError(UserError):
@@ -99,8 +102,7 @@ def check_made_by(what: str, where: Path, found: dict[str, Any], expected: dict[
     for key in ("inference_size", *keys):
         if found.get(key) != expected.get(key):
             raise StaleInputError(f"{what} were made with {key} {found.get(key)!r}, this run "
-                                  f"uses {expected.get(key)!r} (data.target.resize, "
-                                  "pseudo.scales)", hint)
+                                  f"uses {expected.get(key)!r} ({PROVENANCE_KEYS[key]})", hint)
 
 
 def read_manifest(folder: Path) -> dict[str, Any]:

@@ -6,8 +6,10 @@ from diga.method.centroids import (
     centroid_weights,
     class_feature_sums,
     consensus_pseudo_labels,
+    per_image_class_means,
     threshold_pseudo_labels,
     update_centroids,
+    update_centroids_per_image,
 )
 from diga.method.ema import EMATeacher, unwrap_model
 from diga.method.fda import fda, low_frequency_band
@@ -25,10 +27,12 @@ __all__ = [
     "fda",
     "low_frequency_band",
     "mix",
+    "per_image_class_means",
     "segmentation_ce",
     "soft_ce",
     "symmetric_distillation",
     "threshold_pseudo_labels",
     "unwrap_model",
     "update_centroids",
+    "update_centroids_per_image",
 ]

@@ -118,18 +118,79 @@ def update_centroids(
     return torch.where((counts >= min_pixels).unsqueeze(1), updated, centroids)
 
 
+def per_image_class_means(
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    num_classes: int,
+    ignore_index: int = 255,
+    min_pixels: int = 5,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each image's mean feature per class, and which (image, class) pairs count.
+
+    Args:
+        features: (N, F, h, w).
+        labels: (N, h, w) at feature resolution; ``ignore_index`` and labels outside
+            ``[0, num_classes)`` are left out.
+
+    Returns:
+        means (N, C, F) in the features' dtype (zeros where a class is absent) and valid
+        (N, C) bool: the class has >= ``min_pixels`` pixels in the image and its mean does
+        not sum to 0 (the reference skips such a vector: an all-zero feature).
+    """
+    sums, counts = _per_image_class_sums(features, labels, num_classes, ignore_index)
+    means = sums / counts.clamp_min(1).unsqueeze(2).to(sums.dtype)  # (N, C, F)
+    valid = (counts >= min_pixels) & (means.sum(dim=2) != 0)
+    return means, valid
+
+
+def update_centroids_per_image(
+    centroids: torch.Tensor, means: torch.Tensor, valid: torch.Tensor, momentum: float
+) -> torch.Tensor:
+    """One ``mu_c <- (1-m) mu_c + m v`` per valid (image, class) pair, images in order.
+
+    The reference loops over the images, and over each image's classes, updating one
+    centroid at a time. The updates of a class compose to
+    ``(1-m)^k mu_c + m * sum_i (1-m)^(k - r_i) v_i`` (k valid images, r_i the rank of image i
+    among them), which is what this computes, with no loop and no host read.
+
+    Args:
+        centroids: (C, F).
+        means: (N, C, F) per-image class means, in update order.
+        valid: (N, C) bool: which pairs update.
+
+    Returns:
+        A new (C, F) tensor.
+    """
+    valid = valid.to(centroids.device)
+    keep = 1.0 - momentum
+    steps = valid.to(torch.float64)  # (N, C)
+    k = steps.sum(dim=0)  # (C,) updates per class
+    rank = steps.cumsum(dim=0)  # (N, C): 1 for the first valid image of a class, ...
+    weights = momentum * torch.pow(keep, k - rank) * steps  # (N, C)
+    new = torch.pow(keep, k).unsqueeze(1) * centroids.double() + torch.einsum(
+        "nc,ncf->cf", weights, means.to(centroids.device).double())
+    return new.to(centroids.dtype)
+
+
 class CentroidAccumulator:
-    """Running per-class feature means over a dataset (the offline centroid pass).
+    """Per-class feature means over a dataset (the offline centroid pass).
 
     Each pixel is labelled with the model's own argmax at feature resolution; a class
     with fewer than ``min_pixels`` pixels in an image is skipped for that image.
-    Sums are kept in float64 so long passes do not lose precision.
+    ``weighting="image"`` (the reference) averages each image's class mean, every image
+    weighing the same; ``"pixel"`` averages over the pixels of all images, so large regions
+    weigh more. Sums are kept in float64 so long passes do not lose precision; ``counts`` are
+    images (``image``) or pixels (``pixel``) per class.
     """
 
-    def __init__(self, num_classes: int, feat_dim: int, min_pixels: int = 5) -> None:
+    def __init__(self, num_classes: int, feat_dim: int, min_pixels: int = 5,
+                 weighting: str = "image") -> None:
+        if weighting not in ("image", "pixel"):
+            raise ValueError(f"weighting must be 'image' or 'pixel', got {weighting!r}")
         self.num_classes = num_classes
         self.feat_dim = feat_dim
         self.min_pixels = min_pixels
+        self.weighting = weighting
         self.sums = torch.zeros(num_classes, feat_dim, dtype=torch.float64)
         self.counts = torch.zeros(num_classes, dtype=torch.int64)
 
@@ -146,8 +207,13 @@ class CentroidAccumulator:
                 logits, size=features.shape[-2:], mode="bilinear", align_corners=True
             )
         labels = logits.argmax(dim=1)  # (B, h, w)
-        sums, counts = _per_image_class_sums(features, labels, self.num_classes, ignore_index=-1)
+        sums, counts = _per_image_class_sums(features, labels, self.num_classes,
+                                             ignore_index=-1)  # (B, C, F), (B, C)
         keep = counts >= self.min_pixels  # (B, C)
+        if self.weighting == "image":  # each image's class mean counts once (as the reference,
+            sums = sums.double() / counts.clamp_min(1).unsqueeze(2)  # which skips zero means)
+            keep &= sums.sum(dim=2) != 0
+            counts = keep.long()
         sums = (sums * keep.unsqueeze(2)).sum(dim=0)  # (C, F)
         counts = (counts * keep).sum(dim=0)  # (C,)
         if self.sums.device != features.device:

@@ -10,12 +10,16 @@ def class_mix_mask(
     generator: torch.Generator | None = None,
     ignore_index: int = 255,
     num_classes: int | None = None,
+    draw_ignore: bool = False,
 ) -> torch.Tensor:
     """Class-mix mask of a label batch.
 
     For each image, draw ``floor(n / 2)`` of its ``n`` present classes (``ignore_index``
     excluded) uniformly without replacement; the mask is True where the label is a drawn
     class or ``ignore_index``. One scatter and one gather for the whole batch, no loop.
+    With ``draw_ignore`` (the reference code's draw), ``ignore_index`` counts among the ``n``
+    present classes when an image has it and can be drawn; it is in the mask either way, so
+    drawing it pastes one class fewer.
 
     Args:
         labels: (B, H, W) integer label maps; labels other than ``ignore_index`` must be in
@@ -24,6 +28,7 @@ def class_mix_mask(
         ignore_index: the label value that marks unlabelled pixels.
         num_classes: the number of classes. Give it in a training step: without it the largest
             label is read from the device (a host sync).
+        draw_ignore: let ``ignore_index`` take part in the draw (see above).
 
     Returns:
         (B, H, W) bool mask on ``labels``' device.
@@ -39,14 +44,15 @@ def class_mix_mask(
     # K real classes plus one dummy bin per image that collects the ignore pixels.
     lab = torch.where(valid, labels, k).reshape(b, -1)  # (B, H*W) in [0, K]
     present = torch.zeros(b, k + 1, dtype=torch.bool, device=device).scatter_(1, lab, True)
-    present = present[:, :k]  # (B, K)
+    drawn = k + 1 if draw_ignore else k  # the dummy bin takes part in the draw, or not
+    present = present[:, :drawn]  # (B, K) or (B, K + 1)
 
     # A uniform random ranking of the present classes; absent ones sort last.
-    scores = torch.rand(b, k, generator=generator, device=device)  # (B, K)
+    scores = torch.rand(b, drawn, generator=generator, device=device)
     scores = torch.where(present, scores, 2.0)
-    rank = scores.argsort(dim=1).argsort(dim=1)  # (B, K)
+    rank = scores.argsort(dim=1).argsort(dim=1)
     n_draw = present.sum(dim=1, keepdim=True) // 2  # (B, 1)
-    chosen = torch.cat([rank < n_draw, present.new_ones(b, 1)], dim=1)  # dummy bin: ignore -> True
+    chosen = torch.cat([(rank < n_draw)[:, :k], present.new_ones(b, 1)], dim=1)  # ignore -> True
     return chosen.gather(1, lab).view_as(labels)
 
 

@@ -16,15 +16,21 @@ class SegOutput(NamedTuple):
     """What every model returns."""
 
     logits: torch.Tensor  # (B, C, h, w) at feature resolution
-    features: torch.Tensor  # (B, F, h, w): the map that feeds the 1x1 classifier
+    # (B, F, h, w): the map the 1x1 classifier receives, after the head's dropout (the same map
+    # in eval mode); before it where the model's ``features_after_dropout`` is False
+    features: torch.Tensor
 
 
 class SegmentationModel(nn.Module):
     """A backbone and a head; the contract every registered model keeps.
 
     ``freeze_bn`` keeps every BatchNorm in eval mode with frozen affine parameters, as DeepLabV2
-    does with small per-GPU batches.
+    does with small per-GPU batches. ``features_after_dropout`` chooses the feature map a
+    training-mode forward returns: the classifier's input, after the head's dropout (True, the
+    reference's), or the map before it; in eval mode the two are the same.
     """
+
+    features_after_dropout: bool = True
 
     def __init__(self, backbone: nn.Module, head: nn.Module, freeze_bn: bool = False) -> None:
         super().__init__()
@@ -46,8 +52,10 @@ class SegmentationModel(nn.Module):
         return self.head.classifier.in_channels
 
     def forward(self, x: torch.Tensor) -> SegOutput:
-        features = self.head.features(self.backbone(x))
-        return SegOutput(self.head.classifier(self.head.dropout(features)), features)
+        features = self.head.features(self.backbone(x))  # (B, F, h, w)
+        dropped = self.head.dropout(features)
+        return SegOutput(self.head.classifier(dropped),
+                         dropped if self.features_after_dropout else features)
 
     def train(self, mode: bool = True) -> SegmentationModel:
         super().train(mode)

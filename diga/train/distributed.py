@@ -52,6 +52,17 @@ class Distributed:
             dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
         return tensor
 
+    def gather_batch(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Every rank's rows of a per-image tensor (n, ...), in the global batch's order: row i
+        of rank r is row i * W + r, as the sampler deals the stream. Unchanged for one process."""
+        if not self.enabled:
+            return tensor
+        local = tensor.to(torch.uint8) if tensor.dtype == torch.bool else tensor  # gloo: no bool
+        parts = [torch.empty_like(local) for _ in range(self.world_size)]
+        dist.all_gather(parts, local.contiguous())
+        out = torch.stack(parts, dim=1).flatten(0, 1)  # (n, W, ...) -> (n * W, ...)
+        return out.bool() if tensor.dtype == torch.bool else out
+
     def all_gather_objects(self, obj: Any) -> list[Any]:
         """Every rank's ``obj`` (picklable), in rank order."""
         if not self.enabled:

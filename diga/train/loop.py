@@ -92,6 +92,8 @@ def train_stage(cfg: Config, stage: str, run_dir: Path, resume: bool = False,
         if carried is not None:
             teacher.load_state_dict(carried)
             ema_start = selftrain.init.ema_steps
+    if teacher is not None and stage == "selftrain":  # the features the consensus compares
+        teacher.model.features_after_dropout = cfg.selftrain.selection_features == "after_dropout"
     forward = Precision.from_config(cfg.run, device)  # autocast / channels_last; float32 out
     mix_generator = torch.Generator(device=device).manual_seed(cfg.run.seed + 1)
     if dist.enabled:  # ranks share the weights, never their augmentation, mask or dropout draws

@@ -88,11 +88,13 @@ def make_pseudo_labels(model: torch.nn.Module, cfg: Config, ckpt: Checkpoint, ou
 def make_centroids(model: torch.nn.Module, cfg: Config, ckpt: Checkpoint, out_file: Path,
                    device: torch.device,
                    progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
-    """Per-class running mean of the features at pixels the model predicts as that class.
+    """Per-class mean of the features at pixels the model predicts as that class.
 
     Images at the target resize: the scale self-training sees target images at (its random
     scales are centred on it). Classes with fewer than ``selftrain.min_pixels`` pixels in an
-    image are skipped for it. The file records the model (``ckpt``) and data it came from.
+    image are skipped for it; ``centroids.weighting`` says whether each image's class mean
+    weighs the same (``image``, the reference) or each pixel (``pixel``). The file records the
+    model (``ckpt``), the data and the weighting it came from.
     Under torchrun: float64 sums and counts of each rank's shard, summed over ranks, then
     divided; every rank returns the centroids, rank 0 writes the file.
     """
@@ -102,7 +104,8 @@ def make_centroids(model: torch.nn.Module, cfg: Config, ckpt: Checkpoint, out_fi
     indices = dist.shard(len(dataset)) if dist.enabled else None
     loader = eval_loader(dataset, cfg.pseudo.batch_size, cfg.data.num_workers, indices)
     total = len(indices) if indices is not None else len(dataset)
-    acc = CentroidAccumulator(cfg.num_classes, model.feature_dim, cfg.selftrain.min_pixels)
+    acc = CentroidAccumulator(cfg.num_classes, model.feature_dim, cfg.selftrain.min_pixels,
+                              cfg.centroids.weighting)
     done = 0
     for batch in loader:
         out = model(normalize(batch["image"].to(device), cfg.data.mean, cfg.data.std))
@@ -115,7 +118,7 @@ def make_centroids(model: torch.nn.Module, cfg: Config, ckpt: Checkpoint, out_fi
         acc.counts = dist.all_reduce_sum(acc.counts.to(device))
     centroids = acc.centroids().float().cpu()
     tensors = {"centroids": centroids.contiguous(), "counts": acc.counts.cpu().contiguous()}
-    provenance = inputs_provenance(cfg, dataset, ckpt.identity())
+    provenance = centroids_provenance(cfg, dataset, ckpt.identity())
     metadata = {"classes": str(cfg.num_classes), "provenance": json.dumps(provenance)}
     if dist.is_main:
         atomic_write(out_file, lambda p: save_file(tensors, str(p), metadata=metadata))
@@ -123,14 +126,21 @@ def make_centroids(model: torch.nn.Module, cfg: Config, ckpt: Checkpoint, out_fi
     return centroids
 
 
+def centroids_provenance(cfg: Config, dataset: SegDataset, model: dict) -> dict:
+    """What made a centroids file: ``inputs_provenance`` and ``centroids.weighting``."""
+    return {**inputs_provenance(cfg, dataset, model), "weighting": cfg.centroids.weighting}
+
+
 def load_centroids(path: Path, num_classes: int, feat_dim: int,
                    expected: dict | None = None) -> torch.Tensor:
     """Read a centroids file and check it fits the model and class protocol, and (with
-    ``expected``, an ``inputs_provenance``) that this model made it from this data.
+    ``expected``, a ``centroids_provenance``) that this model made it from this data with this
+    weighting.
 
     Raises:
         UserError: missing or corrupt file, wrong shape.
-        StaleInputError: made by another model, for other data or scale, or by diga 0.1.
+        StaleInputError: made by another model, for other data or scale, with another
+            weighting, or by diga 0.1.
     """
     if not path.is_file():
         raise UserError(f"centroids file {path} not found", "make it with 'diga centroids RUN'")
@@ -150,5 +160,6 @@ def load_centroids(path: Path, num_classes: int, feat_dim: int,
             found = json.loads(metadata.get("provenance", "{}"))
         except json.JSONDecodeError:
             found = {}
-        check_made_by(f"centroids in {path}", path, found, expected)
+        found.setdefault("weighting", "pixel")  # what files without it hold
+        check_made_by(f"centroids in {path}", path, found, expected, ("weighting",))
     return centroids

@@ -15,7 +15,13 @@ from diga.errors import UserError
 from diga.protocols import model_classes, require_same_classes
 from diga.train.distributed import current, init_distributed
 from diga.train.loop import train_stage
-from diga.train.pseudo import CENTROIDS_FILE, load_centroids, make_centroids, make_pseudo_labels
+from diga.train.pseudo import (
+    CENTROIDS_FILE,
+    centroids_provenance,
+    load_centroids,
+    make_centroids,
+    make_pseudo_labels,
+)
 from diga.train.run import SelftrainInputs, StageResult, check_resumable
 
 console = Console(stderr=True)
@@ -98,7 +104,7 @@ def ensure_centroids(cfg: Config, init_dir: Path, device, quiet: bool = False,
     model, _, ckpt = load_model(init_dir, device)
     _check_same_model(cfg, ckpt)
     dataset = build_dataset(cfg, "target", "train", train=False)
-    expected = inputs_provenance(cfg, dataset, ckpt.identity())
+    expected = centroids_provenance(cfg, dataset, ckpt.identity())
     if path.exists():  # every rank sees the same answer: the file is written after a collective
         try:
             return load_centroids(path, cfg.num_classes, model.feature_dim, expected)

@@ -23,11 +23,14 @@ from diga.method import (
     class_mix_mask,
     consensus_pseudo_labels,
     mix,
+    per_image_class_means,
     segmentation_ce,
     symmetric_distillation,
     threshold_pseudo_labels,
     update_centroids,
+    update_centroids_per_image,
 )
+from diga.models import SegOutput
 from diga.train.distributed import Distributed
 from diga.train.speed import Precision
 from diga.train.translate import Translator
@@ -98,7 +101,7 @@ class StepSetup:
 
     def class_mix_mask(self, labels: torch.Tensor) -> torch.Tensor:
         return class_mix_mask(labels, self.mix_generator, self.cfg.method.ignore_index,
-                              self.cfg.num_classes)
+                              self.cfg.num_classes, self.cfg.method.mix_draw_ignore)
 
 
 @dataclass
@@ -165,17 +168,23 @@ def selftrain_step(s: StepSetup, batch: Batch,
     cm_mask = s.class_mix_mask(batch.source_labels)
     x_cm = mix(cm_mask, batch.source, s.augment(batch.target, st.beta))
 
-    # One student pass over [views; x_cm] and one teacher pass over [views; x_t] (3B each):
-    # the selection needs the teacher on the clean target image.
+    # One student pass over [views; x_cm]. The teacher over the views, and on the clean target
+    # batch for the selection: in a pass of its own (its BN, in batch-statistics mode, sees
+    # target statistics only, as the reference) or in one pass with the views.
     out_s = s.run(s.student, torch.cat([views, x_cm]))
     with torch.no_grad():
-        out_t = s.run(s.teacher, torch.cat([views, batch.target]))
-    ce, kd, z_s = source_losses(s, batch, out_s.logits[:two_b], out_t.logits[:two_b])
+        if st.teacher_target_pass == "separate":
+            out_t, out_tt = s.run(s.teacher, views), s.run(s.teacher, batch.target)
+        else:
+            joint = s.run(s.teacher, torch.cat([views, batch.target]))
+            out_t = SegOutput(joint.logits[:two_b], joint.features[:two_b])
+            out_tt = SegOutput(joint.logits[two_b:], joint.features[two_b:])
+    ce, kd, z_s = source_losses(s, batch, out_s.logits[:two_b], out_t.logits)
 
     # 2. Threshold-free selection: keep a pseudo-label only where the class of the nearest
     # centroid of the teacher's feature agrees (bilateral consensus).
     p_raw = batch.pseudo_labels
-    feats_t, logits_t = out_t.features[two_b:], out_t.logits[two_b:]  # teacher on x_t
+    feats_t, logits_t = out_tt.features, out_tt.logits  # teacher on x_t
     if st.selection == "consensus":
         p = consensus_pseudo_labels(p_raw, feats_t, centroids, ignore)
     elif st.selection == "threshold":  # ablation
@@ -186,17 +195,23 @@ def selftrain_step(s: StepSetup, batch: Batch,
         p = p_raw
 
     # 3. Online centroid update from pixels where the labels and the teacher agree, on the
-    # target image and on the source's mixed view (labels at feature resolution). One update
-    # from the global batch, so the centroids stay equal on every rank.
+    # target images and on the source's mixed views (labels at feature resolution), from the
+    # global batch, so the centroids stay equal on every rank.
     fsize = tuple(feats_t.shape[-2:])
-    t_pred = out_t.logits.argmax(1)  # (3B, h, w)
     p_small, y_small = downsample_labels(p, fsize), downsample_labels(batch.source_labels, fsize)
-    agree_t = torch.where(p_small == t_pred[two_b:], p_small, ignore)
-    agree_s = torch.where(y_small == t_pred[b:two_b], y_small, ignore)
-    sums, counts = class_feature_sums(torch.cat([feats_t, out_t.features[b:two_b]]),
-                                      torch.cat([agree_t, agree_s]), cfg.num_classes, ignore)
-    sums, counts = s.dist.all_reduce_sum(sums), s.dist.all_reduce_sum(counts)
-    centroids = update_centroids(centroids, sums, counts, st.centroid_momentum, st.min_pixels)
+    agree_t = torch.where(p_small == logits_t.argmax(1), p_small, ignore)
+    agree_s = torch.where(y_small == out_t.logits[b:].argmax(1), y_small, ignore)
+    feats, agree = torch.cat([feats_t, out_t.features[b:]]), torch.cat([agree_t, agree_s])
+    if st.centroid_update == "per_image":  # one update per (image, class): targets, then sources
+        means, valid = per_image_class_means(feats, agree, cfg.num_classes, ignore, st.min_pixels)
+        means = torch.cat([s.dist.gather_batch(means[:b]), s.dist.gather_batch(means[b:])])
+        valid = torch.cat([s.dist.gather_batch(valid[:b]), s.dist.gather_batch(valid[b:])])
+        centroids = update_centroids_per_image(centroids, means, valid, st.centroid_momentum)
+    else:  # pooled: one update with each class's mean over the global batch's pixels
+        sums, counts = class_feature_sums(feats, agree, cfg.num_classes, ignore)
+        sums, counts = s.dist.all_reduce_sum(sums), s.dist.all_reduce_sum(counts)
+        centroids = update_centroids(centroids, sums, counts, st.centroid_momentum,
+                                     st.min_pixels)
 
     # 4 (its labels) and 5. CE on the class-mixed image: the source label where pasted, the
     # selected pseudo-label elsewhere; L = CE + CE_mix + kd_weight * L_kd.
