@@ -1,12 +1,17 @@
 """One benchmark row per (model, backend): latency, throughput, memory, target mIoU, parity.
 
-What is timed is what is deployed: ``.onnx`` / ``.engine`` files run through
-``diga.runtime.Segmenter``; checkpoints run the graph that ``diga export`` writes (the model and
-the upsampling of its logits to the input size, ``ExportWrapper``), eager or ``torch.compile``d.
-Each timed loop runs a batch prepared once from target-domain images (preprocessing is not
-timed), after ``bench.warmup`` untimed runs, for ``bench.time_budget_s`` seconds (at least
-``min_iters``, at most ``max_iters`` runs). Latency is at batch 1; throughput at each of
-``bench.batch_sizes``.
+What is timed is what an app gets: a target frame at its own size in (the target val images,
+as the camera gives them), labels at that size out. ``.onnx`` / ``.xml`` / ``.engine`` files
+run through ``diga.runtime.Segmenter``, checkpoints through ``diga eval``'s code, eager or
+``torch.compile``d. The end-to-end latency is the headline (the ratio to PyTorch uses it); the
+same work is also timed in its parts, as Ultralytics reports them: ``pre`` (host work before
+the model call: for a frame graph stacking the frames, or for an IR resizing them; for a model
+of the network alone the resize and normalisation), ``model`` (the call: a frame graph does its
+resize, normalisation, upsampling and argmax inside it) and ``post`` (host work after it: the
+logits' upsampling and argmax for a model of the network alone). Each timed loop runs after
+``bench.warmup`` untimed runs, for ``bench.time_budget_s`` seconds (at least ``min_iters``, at
+most ``max_iters`` runs). Latency is at batch 1; throughput at each of ``bench.batch_sizes``
+frames per call, end to end.
 
 mIoU uses the first ``bench.max_images`` target val images, given at their own size and run
 at the model's trained scale (or ``bench.input_size``), labels compared at full resolution in
@@ -52,7 +57,7 @@ from diga.errors import UserError
 from diga.export.formats import BENCH_BACKENDS, ExportFormat
 from diga.protocols import plan_scoring
 from diga.runtime import SegmenterWarning
-from diga.runtime.preprocess import TRAINED, resize_rgb
+from diga.runtime.preprocess import TRAINED
 
 Say = Callable[[str], None]
 
@@ -115,10 +120,11 @@ def new_row(model: str, backend: str, fmt: ExportFormat | None, status: str) -> 
         "model": model, "format": fmt.name if fmt else None, "backend": backend,
         "precision": fmt.precision if fmt else None, "compiled": False, "status": status,
         "provider": None, "device": None, "file_size_bytes": None, "input_shape": None,
-        "run_size": None, "latency_ms": None, "throughput": [], "peak_rss_mb": None,
+        "run_size": None, "latency_ms": None, "parts_ms": None, "throughput": [],
+        "peak_rss_mb": None,
         "rss_increase_mb": None,
         "gpu_memory_mb": None, "flops_per_image": None, "gflops_per_s": None,
-        "peak_fraction": None, "latency_vs_torch": None, "images": None, "miou": None,
+        "latency_vs_torch": None, "images": None, "miou": None,
         "miou13": None, "classes": None, "mapped_from": None,
         "pixel_acc": None, "pixel_agreement": None, "reference": None, "notes": [],
     }
@@ -176,18 +182,19 @@ def _measure_speed(runner: TorchRunner | RuntimeRunner, entry: ModelEntry, row: 
                    ctx: BenchContext) -> None:
     bench = entry.cfg.bench
     target = ctx.target_set(entry.cfg)
-    # target images as a camera gives them; the runner resizes them to its run size (the
-    # trained scale, or bench.input_size) as an app's Segmenter does, outside the timed call.
-    # Images at their own size (no inference size) are brought to the first one's size.
-    size = runner.run_size(target.label_size(0))
-    pool = [resize_rgb(target.hwc(i % target.count), size) for i in range(max(bench.batch_sizes))]
+    # target frames as a camera gives them, at their own size; the model runs them at its run
+    # size (the trained scale, or bench.input_size) and returns labels at their size
+    frames = [target.hwc(i % target.count) for i in range(max(bench.batch_sizes))]
+    frame = frames[0]
     loop = dict(warmup=bench.warmup, budget_s=bench.time_budget_s, min_iters=bench.min_iters,
                 max_iters=bench.max_iters)
-    single = runner.prepare(pool[:1])
-    row["input_shape"] = list(single.shape)
-    row["run_size"] = list(size)
-    times = time_loop(lambda: runner.run(single), **loop)
+    row["input_shape"] = [1, *frame.shape]
+    row["run_size"] = list(runner.run_size(frame.shape[:2]))
+    times = time_loop(lambda: runner.segment([frame]), **loop)
     row["latency_ms"] = latency_stats(times)
+    parts = runner.stages(frame)
+    row["parts_ms"] = {name: float(np.median(time_loop(fn, **loop)) * 1000.0)
+                       for name, fn in parts.items()}
     for b in bench.batch_sizes:
         if b == 1:
             row["throughput"].append({"batch": 1, "images_per_s": 1.0 / float(times.mean()),
@@ -196,15 +203,15 @@ def _measure_speed(runner: TorchRunner | RuntimeRunner, entry: ModelEntry, row: 
             row["throughput"].append({"batch": b, "images_per_s": None, "batch_ms_p50": None})
             row["notes"].append(f"static model: batch {b} not measured (batch 1 only)")
         else:
-            batch = runner.prepare(pool[:b])
-            bt = time_loop(lambda batch=batch: runner.run(batch), **loop)
+            bt = time_loop(lambda b=b: runner.segment(frames[:b]), **loop)
             row["throughput"].append({"batch": b, "images_per_s": b * bt.size / float(bt.sum()),
                                       "batch_ms_p50": float(np.median(bt) * 1000.0)})
-    hw = tuple(single.shape[1:3] if runner.info.layout == "NHWC" else single.shape[2:4])
     name = entry.cfg.model.name if isinstance(runner, TorchRunner) else \
         runner.info.provenance.get("model", "")
-    row["flops_per_image"] = ctx.flops(runner, name, hw)
-    row["gflops_per_s"] = achieved_gflops(row["flops_per_image"], row["latency_ms"]["p50"])
+    row["flops_per_image"] = ctx.flops(runner, name, tuple(row["run_size"]))
+    # the network's counted FLOPs over the model call's time (a frame graph's call holds its
+    # resize and argmax too, so this understates the network's own rate a little)
+    row["gflops_per_s"] = achieved_gflops(row["flops_per_image"], row["parts_ms"]["model"])
 
 
 def _measure_accuracy(runner: TorchRunner | RuntimeRunner, entry: ModelEntry,
@@ -302,20 +309,18 @@ def run_bench(models: list[Path], overrides: list[str] | None = None,
         for backend in requested or (list(BENCH_BACKENDS) if group.is_run else []):
             if backend not in covered:
                 result["rows"].append(missing_row(group, backend))
-    _relate(result["rows"], result["machine"].get("matmul_gflops"))
+    _relate(result["rows"])
     return result
 
 
-def _relate(rows: list[dict[str, Any]], peak_gflops: float | None) -> None:
-    """Each row's median latency over its eager PyTorch reference's, and its share of the peak."""
+def _relate(rows: list[dict[str, Any]]) -> None:
+    """Each row's median end-to-end latency over its eager PyTorch reference's."""
     eager = {Path(r["model"]).resolve(): r["latency_ms"]["p50"] for r in rows
              if r["backend"] == "torch" and not r["compiled"] and r["latency_ms"]}
     for row in rows:
         torch_p50 = eager.get(Path(row["reference"]).resolve()) if row["reference"] else None
         if row["latency_ms"] and torch_p50:
             row["latency_vs_torch"] = row["latency_ms"]["p50"] / torch_p50
-        if row["gflops_per_s"] and peak_gflops and row["device"] == "cpu":
-            row["peak_fraction"] = row["gflops_per_s"] / peak_gflops
 
 
 def rows_below_miou(rows: list[dict[str, Any]], minimum: float) -> list[dict[str, Any]]:

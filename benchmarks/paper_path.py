@@ -62,7 +62,7 @@ def scaled_overrides(preset: str, data: Path, steps: int = 4, selftrain_steps: i
         # sizes
         f"data.source.root={data / layout}", f"data.target.root={data / 'cityscapes'}",
         f"data.source.resize={source_resize}", "data.target.resize=32x64", "train.crop=32x56",
-        "export.input_size=32x64", "export.trt_min_size=16x32", "export.trt_opt_size=32x64",
+        "export.input_size=32x64", "export.trt_min_size=16x32", "export.trt_opt_size=64x128",
         "export.trt_max_size=64x128", "warmup.fda_band=0.16",
         # steps
         f"train.steps={steps}", f"selftrain.steps={selftrain_steps}", f"train.log_every={period}",

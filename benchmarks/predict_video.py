@@ -47,7 +47,7 @@ def measure(model: Path, size: tuple[int, int], frames: int, batch: int, native:
     clip = write_clip(work / f"clip_{size[0]}x{size[1]}.mp4", size, frames)
     with Segmenter(model, "cpu", "native" if native else "trained") as seg:
         look = Look(None, seg.info.class_names, seg.info.palette, uncertainty=uncertainty)
-        maps = seg.info.output_kind == "logits"
+        maps = uncertainty or (seg.info.output_kind == "logits" and seg.info.input_kind != "frame")
         _predict_video(seg, str(clip), work / "warm", look, batch, 1, maps, False)  # warm-up
         timer = _predict_video(seg, str(clip), work / f"out_{size[0]}", look, batch, 1, maps,
                                False)

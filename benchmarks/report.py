@@ -16,12 +16,12 @@ from rich.table import Table
 
 from diga.io import atomic_write, atomic_write_json, atomic_write_text
 
-COLUMNS = ("model", "backend", "precision", "status", "input", "p50 ms", "p90 ms", "p99 ms",
-           "mean ms", "images/s", "peak RSS MB", "GPU MB", "GFLOP/s", "vs torch", "mIoU",
-           "mIoU13", "agree %")
+COLUMNS = ("model", "backend", "precision", "status", "frame", "runs at", "p50 ms", "p90 ms",
+           "p99 ms", "mean ms", "pre ms", "model ms", "post ms", "images/s", "peak RSS MB",
+           "GPU MB", "GFLOP/s", "vs torch", "mIoU", "mIoU13", "agree %")
 # the terminal gets the columns that fit a normal window; bench.md has them all
-TERMINAL_COLUMNS = ("model", "backend", "precision", "status", "p50 ms", "p99 ms", "images/s",
-                    "peak RSS MB", "GPU MB", "GFLOP/s", "vs torch", "mIoU", "mIoU13", "agree %")
+TERMINAL_COLUMNS = ("model", "backend", "precision", "status", "p50 ms", "pre ms", "model ms",
+                    "post ms", "images/s", "GPU MB", "vs torch", "mIoU", "mIoU13", "agree %")
 
 
 def columns_for(result: dict[str, Any], columns: tuple[str, ...]) -> tuple[str, ...]:
@@ -52,20 +52,22 @@ def _num(value: float | None, digits: int = 2) -> str:
 def row_cells(row: dict[str, Any]) -> dict[str, str]:
     """One row as text cells by column (shared by the terminal table and the Markdown report)."""
     lat = row["latency_ms"] or {}
-    shape = row["input_shape"]
+    parts = row.get("parts_ms") or {}
+    shape, run = row["input_shape"], row["run_size"]
     throughput = ", ".join(f"{_num(t['images_per_s'], 1)} @{t['batch']}" for t in row["throughput"])
-    gflops = _num(row["gflops_per_s"], 1)
-    if row["peak_fraction"] is not None:
-        gflops += f" ({100 * row['peak_fraction']:.0f}%)"
     ratio = row["latency_vs_torch"]
     return {
         "model": short_model(row), "backend": row["backend"], "precision": row["precision"] or "-",
-        "status": status_word(row), "input": "x".join(map(str, shape)) if shape else "-",
+        "status": status_word(row), "frame": "x".join(map(str, shape[1:3])) if shape else "-",
+        "runs at": "x".join(map(str, run)) if run else "-",
         "p50 ms": _num(lat.get("p50")), "p90 ms": _num(lat.get("p90")),
         "p99 ms": _num(lat.get("p99")), "mean ms": _num(lat.get("mean")),
+        "pre ms": _num(parts.get("pre")), "model ms": _num(parts.get("model")),
+        "post ms": _num(parts.get("post")),
         "images/s": throughput or "-", "peak RSS MB": _num(row["peak_rss_mb"], 0),
         "GPU MB": _num(row["gpu_memory_mb"], 0),
-        "GFLOP/s": gflops, "vs torch": f"{ratio:.3g}x" if ratio is not None else "-",
+        "GFLOP/s": _num(row["gflops_per_s"], 1),
+        "vs torch": f"{ratio:.3g}x" if ratio is not None else "-",
         "mIoU": _num(row["miou"]), "mIoU13": _num(row.get("miou13")),
         "agree %": _num(row["pixel_agreement"], 3),
     }
@@ -133,12 +135,17 @@ def to_markdown(result: dict[str, Any]) -> str:
     for row in result["rows"]:
         cells = [row_cells(row)[c].replace("|", "\\|") for c in columns]
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "p50/p90/p99/mean: latency per image at batch 1 (ms), warm-up excluded. "
-              "images/s @B: throughput at batch B. peak RSS: the process's resident-memory peak "
-              "while the row loaded and ran (torch and the data included); GPU MB: device memory "
-              "the row added. GFLOP/s: counted FLOPs per image / p50, with the share of the "
-              "matmul peak for CPU rows. vs torch: p50 over the eager PyTorch row of the same "
-              "checkpoint.", ""]
+    lines += ["", "p50/p90/p99/mean: end-to-end latency at batch 1 (ms, warm-up excluded): a "
+              "target frame at its own size (frame) in, labels at that size out, the model run "
+              "at its run size (runs at). pre / model / post (p50, ms): the same work timed in "
+              "its parts: host work before the model call, the call (a frame graph resizes, "
+              "normalises, upsamples and takes the argmax inside it), host work after it. "
+              "images/s @B: end-to-end throughput with B frames per call. peak RSS: the "
+              "process's resident-memory peak while the row loaded and ran (torch and the data "
+              "included); GPU MB: device memory the row added. GFLOP/s: the network's counted "
+              "FLOPs per image / the model call's p50 (convolutions done with fewer operations "
+              "than counted, e.g. Winograd's, can exceed the float32 matmul peak). vs torch: "
+              "end-to-end p50 over the eager PyTorch row of the same checkpoint.", ""]
     if flops:
         lines += ["## FLOPs per image", ""]
         lines += [f"- {name}: {value / 1e9:.3f} GFLOP" for name, value in flops.items()]

@@ -1,10 +1,13 @@
 """What a bench row runs and how it is timed: a checkpoint or an exported file, and the clock.
 
-``TorchRunner`` runs a checkpoint as ``diga export`` ships it (``ExportWrapper``, eager or
-``torch.compile``d) and predicts with ``diga eval``'s code; ``RuntimeRunner`` runs an ``.onnx`` /
-``.engine`` file through ``diga.runtime.Segmenter``, exactly as an app does. Both take target
-images at their own size and run them at the model's trained scale (or ``bench.input_size``). ``time_loop`` times
-a call after untimed warm-up runs; ``rss_mb`` and ``_gpu_used_mb`` read the memory it took.
+``TorchRunner`` runs a checkpoint with ``diga eval``'s code (eager or ``torch.compile``d);
+``RuntimeRunner`` runs an ``.onnx`` / ``.xml`` / ``.engine`` file through
+``diga.runtime.Segmenter``, exactly as an app does. Both take target frames at their own size,
+run them at the model's trained scale (or ``bench.input_size``) and return labels at the
+frame's size: ``segment`` is what an app calls (the end-to-end latency), ``stages`` the same
+work cut where the app's process hands over (host preprocessing, the model call, host
+postprocessing), each timed on its own. ``time_loop`` times a call after untimed warm-up runs;
+``rss_mb`` and ``_gpu_used_mb`` read the memory it took.
 """
 
 from __future__ import annotations
@@ -76,12 +79,14 @@ def _gpu_used_mb() -> float | None:
     return (total - free) / 2**20
 
 
+Stages = dict[str, Callable[[], Any]]  # "pre", "model", "post": each timed on its own
+
+
 class TorchRunner:
-    """A checkpoint on the config's device: the exported graph for timing, ``diga eval``'s code
-    for predictions; both at the trained scale (or ``bench.input_size``)."""
+    """A checkpoint on the config's device, predicting as ``diga eval`` does, at the trained
+    scale (or ``bench.input_size``)."""
 
     def __init__(self, folder: Path, cfg: Config, compile: bool = False) -> None:
-        from diga.export.onnx_export import ExportWrapper
         from diga.train.evaluate import TorchSegmenter
 
         self.cfg = cfg
@@ -92,23 +97,46 @@ class TorchRunner:
         self.segmenter.model = self.model
         # the config's inference size, as an export of this checkpoint records it
         self.info = self.segmenter.info
-        self.graph = ExportWrapper(self.model, self.info).to(self.device).eval()
         self.provider = f"torch {'compile' if compile else 'eager'}"
         self.static = False
 
     def run_size(self, image_size: tuple[int, int]) -> tuple[int, int]:
         return model_input_size(self.info, image_size, self.segmenter.size)
 
-    def prepare(self, images: list[np.ndarray]) -> torch.Tensor:
-        resized = [to_model_size(img, self.info, self.segmenter.size) for img in images]
-        return torch.from_numpy(prepare_batch(resized, self.info)).to(self.device)
-
-    @torch.inference_mode()
-    def run(self, batch: torch.Tensor) -> torch.Tensor:
-        out = self.graph(batch)
+    def _sync(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize()
+
+    def segment(self, frames: list[np.ndarray]) -> list[np.ndarray]:
+        """Labels at each frame's size, frame by frame (what ``diga eval RUN`` does)."""
+        out = [self.segmenter(frame) for frame in frames]
+        self._sync()
         return out
+
+    @torch.inference_mode()
+    def stages(self, frame: np.ndarray) -> Stages:
+        import torch.nn.functional as F
+
+        def pre() -> torch.Tensor:
+            resized = to_model_size(frame, self.info, self.segmenter.size)
+            return torch.from_numpy(prepare_batch([resized], self.info)).to(self.device)
+
+        x = pre()
+
+        def model() -> torch.Tensor:
+            with torch.inference_mode():
+                out = self.model(x).logits  # (1, C, h, w): the network alone
+            self._sync()
+            return out
+
+        logits = model()
+
+        def post() -> np.ndarray:
+            with torch.inference_mode():
+                up = F.interpolate(logits, size=frame.shape[:2], mode="bilinear", align_corners=True)
+                return up.argmax(1).to(torch.uint8).cpu().numpy()
+
+        return {"pre": pre, "model": model, "post": post}
 
     def predict(self, target: TargetSet) -> list[np.ndarray]:
         """One image at a time, as ``diga eval RUN`` predicts it (same pixels, same mIoU)."""
@@ -121,7 +149,7 @@ class TorchRunner:
         return ExportWrapper(self.eager, self.info)
 
     def close(self) -> None:
-        self.graph = self.model = self.eager = self.segmenter = None  # type: ignore[assignment]
+        self.model = self.eager = self.segmenter = None  # type: ignore[assignment]
 
 
 class RuntimeRunner:
@@ -138,11 +166,42 @@ class RuntimeRunner:
     def run_size(self, image_size: tuple[int, int]) -> tuple[int, int]:
         return self.seg.run_size(image_size)
 
-    def prepare(self, images: list[np.ndarray]) -> np.ndarray:
-        return self.seg.prepare(images)[0]
+    def segment(self, frames: list[np.ndarray]) -> list[np.ndarray]:
+        return self.seg.predict_batch(frames, max_batch=len(frames))
 
-    def run(self, batch: np.ndarray) -> np.ndarray:
-        return self.seg.run(batch)
+    def stages(self, frame: np.ndarray) -> Stages:
+        """A frame graph: the host stacks (or, for an IR, resizes) frames, the model does the
+        rest; a model of the network alone: host resize and normalisation, the network, host
+        upsampling of the logits and argmax."""
+        from diga.runtime.frames import LABELS, frame_feeds
+        from diga.runtime.prediction import frame_prediction, prediction_from_output
+
+        size = tuple(frame.shape[:2])
+        run = self.run_size(size)  # type: ignore[arg-type]
+        if self.info.input_kind == "frame":
+            def pre() -> dict[str, np.ndarray]:
+                return frame_feeds(self.info, [frame], run, size)  # type: ignore[arg-type]
+
+            feeds = pre()
+
+            def model() -> list[np.ndarray]:
+                return self.seg._model.run_named(feeds, [LABELS])
+
+            labels = model()[0][0]
+            return {"pre": pre, "model": model,
+                    "post": lambda: frame_prediction(labels, None, size).labels}
+
+        def pre_host() -> np.ndarray:
+            return self.seg.prepare([frame])[0]
+
+        batch = pre_host()
+
+        def model_alone() -> np.ndarray:
+            return self.seg.run(batch)
+
+        output = model_alone()[0]
+        return {"pre": pre_host, "model": model_alone,
+                "post": lambda: prediction_from_output(output, self.info, size).labels}
 
     def predict(self, target: TargetSet) -> list[np.ndarray]:
         """One image at a time, as ``diga eval FILE`` runs it (same label maps, same mIoU)."""
@@ -153,9 +212,11 @@ class RuntimeRunner:
         from diga.models import build_model
 
         name = self.info.provenance.get("model")
-        float_info = self.info.replace(input_kind="float", output_kind="logits", layout="NCHW")
+        float_info = self.info.replace(input_kind="float", output_kind="logits", layout="NCHW",
+                                       frame=None)
         try:  # the same architecture, fresh weights: FLOPs do not depend on them
-            return ExportWrapper(build_model(name, self.info.num_classes), float_info)
+            return ExportWrapper(build_model(name, self.info.num_classes), float_info,
+                                 features=self.info.input_kind == "frame")
         except Exception:  # noqa: BLE001  (no or an unknown model name: FLOPs stay unknown)
             return None
 

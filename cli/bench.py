@@ -22,12 +22,13 @@ STAGES = ("source", "warmup", "selftrain")
 
 def bench_command(
     args: Annotated[list[str] | None, typer.Argument(
-        help="MODEL... (run directories, checkpoint folders, .onnx, .engine) then key.sub=value "
+        help="MODEL... (run directories, checkpoint folders, .onnx, .xml, .engine) then key.sub=value "
         "overrides; or: train CONFIG key.sub=value... for training throughput.",
         show_default=False)] = None,
     backend: Annotated[list[str] | None, typer.Option(
         "--backend", "-b", help="Only these backends (repeat): torch, ort-cpu, ort-cuda, "
-        "ort-trt, trt. Default: every backend each model file can run on.",
+        "ort-trt, trt, openvino, openvino-tput. Default: every backend each model file can "
+        "run on.",
         show_default=False)] = None,
     batch: Annotated[list[int] | None, typer.Option(
         "--batch", min=1, help="Throughput at these batch sizes (repeat; default "
@@ -54,11 +55,12 @@ def bench_command(
 ) -> None:
     """Benchmark models per backend, or training throughput with 'diga bench train'.
 
-    diga bench MODEL...: one row per (model file, backend): latency mean, p50,
-    p90, p99 after warm-up over a time budget; throughput at the --batch
-    sizes; peak memory; FLOPs and GFLOP/s against this CPU's matmul peak;
-    target-val mIoU (as 'diga eval' computes it) and pixel agreement with the
-    fp32 PyTorch model. A run directory expands to its checkpoint (torch) and
+    diga bench MODEL...: one row per (model file, backend): end-to-end latency
+    (a target frame at its own size in, labels at that size out) mean, p50,
+    p90, p99 after warm-up over a time budget, and the same work in parts
+    (host pre, model call, host post); throughput at the --batch sizes; peak
+    memory; FLOPs and GFLOP/s of the model call; target-val mIoU (as 'diga
+    eval' computes it) and pixel agreement with the fp32 PyTorch model. A run directory expands to its checkpoint (torch) and
     the files in RUN/export. Backends that cannot run here are rows with the
     reason. Overrides set the data (data.target.root=...) and bench.* knobs
     (warmup, time_budget_s, batch_sizes, input_size, max_images, ...).

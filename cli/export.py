@@ -44,19 +44,19 @@ def export_command(
                                          "export.input_size) instead of dynamic.")] = False,
     opset: Annotated[int | None, typer.Option("--opset", help="ONNX opset (>= 17; default "
                                               "export.opset).", show_default=False)] = None,
-    bake_preprocess: Annotated[bool, typer.Option("--bake-preprocess", help="uint8 RGB NHWC "
-                                                  "input; normalisation inside the graph.")] = False,
-    argmax: Annotated[bool, typer.Option("--argmax", help="uint8 (B, H, W) label map output "
-                                         "instead of logits.")] = False,
     out: Annotated[Path | None, typer.Option("--out", help="Output folder (default: "
                                              "<run>/export).", show_default=False)] = None,
 ) -> None:
     """Export a trained model: ONNX with metadata, INT8 / FP16, OpenVINO, TensorRT.
 
-    The float ONNX is compared with PyTorch on target val images (pixel
-    agreement, max |logit difference|), saved as parity.json next to it.
-    With --int8 / --fp16 the target-val mIoU and CPU time per image of each
-    ONNX are measured through onnxruntime. export.json lists every file.
+    Every file takes camera frames of any size (uint8 RGB) and returns labels
+    at the frame's size: the resize to the trained scale, the normalisation,
+    the upsampling of the logits and the argmax run inside the model (a
+    second output holds the logits, for confidence maps). Each file is
+    compared with PyTorch on target val frames (pixel agreement, max |logit
+    difference|), saved as parity.json. With --int8 / --fp16 the target-val
+    mIoU and CPU time per image of each file are measured. export.json lists
+    every file.
 
     Overrides set the data (data.target.root=...) and the export knobs
     (export.calib_images, export.calib_method, export.parity_images,
@@ -92,18 +92,17 @@ def export_command(
         with console.status("exporting") as status:
             summary = export_checkpoint(
                 model, extra, ExportOptions(fp16=fp16, int8=int8, trt=trt, trt_fp32=trt_fp32,
-                                            openvino=openvino, bake_preprocess=bake_preprocess,
-                                            argmax=argmax),
+                                            openvino=openvino),
                 out_dir=out, report=lambda msg: status.update(msg))
     finally:
         logging.getLogger("diga.export").removeHandler(handler)
 
     info = summary.info
     shape = "dynamic" if info.dynamic else f"static {info.input_size[0]}x{info.input_size[1]}"
-    runs = (f"runs images at {info.inference_size[0]}x{info.inference_size[1]}"
-            if info.inference_size else "runs images at their own size")
+    runs = (f"runs frames at {info.inference_size[0]}x{info.inference_size[1]}"
+            if info.inference_size else "runs frames at their own size")
     title = (f"{summary.out_dir}  ({summary.exporter} exporter, opset {summary.opset}, {shape}, "
-             f"{runs}, in {info.input_kind} {info.layout}, out {info.output_kind})")
+             f"{runs}; frames in, labels at their size out)")
     table = Table(title=escape(title))
     table.add_column("file", no_wrap=True)
     for col in ("precision", "size", "agree %", "max |Δ|", "mIoU", "ms/img"):

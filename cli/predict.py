@@ -165,16 +165,18 @@ def predict_command(
         predictor, info, label = _load_predictor(model, backend,
                                                  "native" if native_size else "trained")
     try:
-        if uncertainty and info.output_kind != "logits":
-            raise UserError(f"{model.name} outputs labels, so it has no confidence to map",
-                            "export the model without --argmax (logits out), or drop "
+        if uncertainty and not info.has_confidence:
+            raise UserError(f"{model.name} outputs labels alone, so it has no confidence to map",
+                            "export the model again with 'diga export RUN', or drop "
                             "--uncertainty")
         lut, names, palette, written = output_classes(info.class_names, info.palette, classes,
                                                       model.name)
         look = Look(lut, names, palette, alpha, legend, uncertainty)
         console.print(f"model: {label}", highlight=False)
         console.print(written, highlight=False)
-        maps = info.output_kind == "logits"  # the confidence the reports give
+        # the confidence the reports give: a frame graph's costs a host upsampling of its
+        # logits, made only when asked (--uncertainty); a logits model's comes with its labels
+        maps = uncertainty or (info.output_kind == "logits" and info.input_kind != "frame")
         if found.images:
             _predict_images(predictor, found.images, out, look, batch, maps, str(model))
         for source, stem in found.videos:

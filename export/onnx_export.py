@@ -1,9 +1,11 @@
-"""PyTorch -> ONNX: the deployable graph, its metadata, and the checker.
+"""PyTorch -> ONNX: the network ("core"), the frame graph that ships around it, metadata, checker.
 
-The exported graph is the model plus what every app needs around it: logits upsampled
-bilinearly (align_corners=True) to the input size, so the output is (B, C, H, W) logits; on
-request the normalisation baked in (``bake_preprocess``: uint8 RGB NHWC in, as apps hold
-images) and the argmax (``argmax``: uint8 (B, H, W) train ids out).
+``diga export`` exports the network as the core of the frame graph (``diga.export.frame``):
+normalised NCHW float in, logits at feature resolution out (``ExportWrapper(features=True)``).
+The shipped ``model.onnx`` wraps it: a frame of any size in, labels at its size out. The other
+wrappings are what diga shipped before (the runtime still runs such files): logits upsampled
+bilinearly (align_corners=True) to the input size, optionally with the normalisation baked in
+(``bake_preprocess``: uint8 RGB NHWC in) and the argmax (``argmax``: uint8 (B, H, W) out).
 
 torch's dynamo exporter (``torch.export``) is tried first; where it fails, the TorchScript
 exporter takes over and the reason is logged and returned.
@@ -37,11 +39,14 @@ INPUT_NAME = "image"
 
 
 class ExportWrapper(nn.Module):
-    """The graph that ships: [uint8 NHWC -> normalised NCHW] -> model -> upsample -> [argmax]."""
+    """A graph around the model: [uint8 NHWC -> normalised NCHW] -> model -> upsample ->
+    [argmax]; with ``features``, the frame graph's core: the model's logits at feature
+    resolution, nothing else."""
 
-    def __init__(self, model: nn.Module, info: ModelInfo) -> None:
+    def __init__(self, model: nn.Module, info: ModelInfo, features: bool = False) -> None:
         super().__init__()
         self.model = model
+        self.features = features
         self.bake_preprocess = info.input_kind == "uint8"
         self.argmax = info.output_kind == "labels"
         # mean / std as buffers of the [0, 255] scale: one Sub and one Div in the graph
@@ -52,6 +57,8 @@ class ExportWrapper(nn.Module):
         if self.bake_preprocess:
             x = (x.permute(0, 3, 1, 2).float() - self.mean) / self.std  # (B, H, W, 3) -> (B, 3, H, W)
         logits = self.model(x).logits  # (B, C, H/8, W/8)
+        if self.features:
+            return logits
         logits = F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=True)
         if self.argmax:
             return logits.argmax(1).to(torch.uint8)  # (B, H, W)
@@ -70,13 +77,14 @@ class OnnxExport:
 
 
 def model_info(cfg: Config, meta: dict[str, Any], input_size: tuple[int, int], *,
-               dynamic: bool, bake_preprocess: bool, argmax: bool,
-               classes: int | None = None) -> ModelInfo:
+               dynamic: bool, bake_preprocess: bool = False, argmax: bool = False,
+               classes: int | None = None, frame: str | None = None) -> ModelInfo:
     """The metadata of a model exported from a checkpoint with ``meta`` and config ``cfg``.
 
     ``input_size`` is the export (and, for a static model, the only) size; the inference size
     the runtime resizes images to is ``cfg.inference_size``. ``classes``: the protocol the
-    model predicts (its checkpoint's ``data.classes``; default ``cfg``'s).
+    model predicts (its checkpoint's ``data.classes``; default ``cfg``'s). ``frame``: a frame
+    graph of that flavour (``diga.export.frame``; uint8 frames in, labels out).
     """
     protocol = class_protocol(classes or cfg.num_classes)
     metrics = meta.get("metrics") or {}
@@ -95,9 +103,9 @@ def model_info(cfg: Config, meta: dict[str, Any], input_size: tuple[int, int], *
     return ModelInfo(
         class_names=protocol.names, palette=protocol.palette,
         mean=tuple(cfg.data.mean), std=tuple(cfg.data.std),  # type: ignore[arg-type]
-        input_kind="uint8" if bake_preprocess else "float",
-        output_kind="labels" if argmax else "logits",
-        layout="NHWC" if bake_preprocess else "NCHW",
+        input_kind="frame" if frame else "uint8" if bake_preprocess else "float",
+        output_kind="labels" if argmax or frame else "logits",
+        layout="NHWC" if bake_preprocess or frame else "NCHW", frame=frame,
         input_size=tuple(input_size), dynamic=dynamic,  # type: ignore[arg-type]
         precision="fp32", provenance=provenance,
         inference_size=cfg.inference_size)
@@ -137,6 +145,8 @@ def _export_torchscript(wrapper: ExportWrapper, x: torch.Tensor, path: Path, inf
         hy, wx = _spatial_axes(info)
         out_axes = {0: "batch", 1 if info.output_kind == "labels" else 2: "height",
                     2 if info.output_kind == "labels" else 3: "width"}
+        if wrapper.features:  # the feature grid: its own sizes, not the input's
+            out_axes = {0: "batch", 2: "grid_height", 3: "grid_width"}
         dynamic_axes = {INPUT_NAME: {0: "batch", hy: "height", wx: "width"}, output_name: out_axes}
     tmp = path.with_name(f".{path.name}.torchscript.tmp")
     try:
@@ -149,20 +159,23 @@ def _export_torchscript(wrapper: ExportWrapper, x: torch.Tensor, path: Path, inf
 
 
 def export_onnx(model: nn.Module, info: ModelInfo, path: Path, *, opset: int = 18,
-                exporter: str = "auto", doc: str = "") -> OnnxExport:
+                exporter: str = "auto", doc: str = "", features: bool = False) -> OnnxExport:
     """Export ``model`` (eval mode, CPU) wrapped as ``info`` describes, with metadata, checked.
 
     Args:
         exporter: ``auto`` (dynamo, TorchScript if dynamo fails), ``dynamo`` or ``torchscript``.
+        features: the frame graph's core (``info`` a float NCHW logits model): logits at
+            feature resolution, not upsampled.
 
     Raises:
         UserError: the exporters failed, or the result does not pass ``onnx.checker``.
     """
-    if opset < 17:
-        raise UserError(f"opset {opset} is too old", "use export.opset=17 or newer")
+    if opset < 18:
+        raise UserError(f"opset {opset} is too old (the frame graph's antialiased Resize needs 18)",
+                        "use export.opset=18 or newer")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    wrapper = ExportWrapper(model.cpu().eval(), info).eval()
+    wrapper = ExportWrapper(model.cpu().eval(), info, features).eval()
     # batch 2 in the example: a size-1 dimension may be specialised to a constant when traced
     x = example_input(info, batch=2 if info.dynamic else 1)
     output_name = "labels" if info.output_kind == "labels" else "logits"
@@ -228,6 +241,19 @@ def write_model(proto: onnx.ModelProto, path: Path, info: ModelInfo, doc: str | 
     set_metadata(proto, info, doc)
     atomic_write(path, lambda tmp: onnx.save(proto, str(tmp)))
     check_onnx(path)
+
+
+def write_frame_model(core_path: Path, path: Path, info: ModelInfo,
+                      run_size: tuple[int, int] | None = None) -> Path:
+    """Wrap the core at ``core_path`` into the frame graph of ``info.frame`` and write it with
+    ``info`` (``run_size``: baked into a TensorRT flavour), checked."""
+    from diga.export.frame import frame_graph
+
+    core = onnx.load(str(core_path))
+    proto = frame_graph(core, info.frame, info.mean, info.std, run_size)  # type: ignore[arg-type]
+    write_model(proto, path, info, doc=f"diga {info.provenance.get('model', '')} frame graph "
+                f"({info.frame}): uint8 frames in, labels at their size out; {info.precision}")
+    return path
 
 
 def check_onnx(path: Path) -> None:

@@ -1,6 +1,7 @@
 """OpenVINO IR from our ONNX: ``openvino.convert_model``, with the metadata in the IR's rt_info.
 
-The float IR comes from ``model.onnx``; the INT8 IR from the symmetric QDQ ``model.int8.onnx``,
+The IRs are frame graphs of the ``openvino`` flavour (``diga.export.frame``). The float IR's
+network is the float ONNX's; the INT8 IR's the symmetric QDQ network of ``model.int8.onnx``,
 whose QuantizeLinear / DequantizeLinear pairs OpenVINO turns into FakeQuantize and runs with
 int8 kernels: the same calibration (the same target images, the same scales) as onnxruntime's.
 """
@@ -40,12 +41,15 @@ def quantize_openvino_nncf(xml_path: Path, out_path: Path, images: list, info: M
 
         raise UserError("export.openvino_int8=nncf needs NNCF, which is not installed",
                         "pip install nncf, or use export.openvino_int8=qdq") from None
+    from diga.runtime.frames import frame_feeds
     from diga.runtime.openvino_model import shared_core
-    from diga.runtime.preprocess import prepare_batch, to_model_size
+    from diga.runtime.preprocess import model_input_size
 
     ov = import_openvino()
     model = shared_core().read_model(str(xml_path))
-    batches = [prepare_batch([to_model_size(image, info)], info) for image in images]
+    # the frame graph's inputs, as the runtime feeds them: the frame resized to the run size
+    batches = [frame_feeds(info, [image], model_input_size(info, image.shape[:2]), image.shape[:2])
+               for image in images]
     quantized = nncf.quantize(model, nncf.Dataset(batches), subset_size=len(batches),
                               preset=nncf.QuantizationPreset.PERFORMANCE)  # symmetric, as QDQ
     write_props(quantized, info.to_props())

@@ -1,9 +1,11 @@
 """Does the exported model compute what PyTorch computes, and how well does it segment?
 
-``check_parity`` feeds the same target-domain images, prepared by the runtime's own
-preprocessing, to the PyTorch graph that was exported and to onnxruntime, and reports the
-largest logit difference and the share of pixels whose class agrees. ``evaluate_model_file``
-measures mIoU on the labelled target split through the runtime (any .onnx / .engine).
+``check_frame_parity`` gives a frame graph and PyTorch the same target-domain frames: the
+network's logits on the frame resized by the runtime's own function (identical inputs), and the
+labels at the frame's size from the raw frame, against ``diga eval``'s rule in PyTorch (Pillow
+resize to the run size, logits upsampled with align_corners to the frame, argmax).
+``check_parity`` does the same for a model of the network alone (an older export).
+``evaluate_model_file`` measures mIoU on the labelled target split through the runtime.
 """
 
 from __future__ import annotations
@@ -81,6 +83,61 @@ class ParityReport:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@torch.no_grad()
+def torch_frame_labels(model: torch.nn.Module, info: Any, frame: np.ndarray,
+                       run_size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """PyTorch's labels for an RGB uint8 frame by ``diga eval``'s rule, and its feature-grid
+    logits (C, h, w): the frame resized to ``run_size`` with the runtime's function,
+    normalised, the model, logits upsampled (align_corners) to the frame's size, argmax."""
+    import torch.nn.functional as F
+
+    from diga.data.datasets import normalize
+    from diga.runtime.preprocess import resize_rgb
+
+    x = torch.from_numpy(np.ascontiguousarray(resize_rgb(frame, run_size))).permute(2, 0, 1)[None]
+    param = next(model.parameters())
+    logits = model(normalize(x.to(param.device), info.mean, info.std)).logits
+    labels = F.interpolate(logits, size=frame.shape[:2], mode="bilinear", align_corners=True)
+    return labels.argmax(1)[0].to(torch.uint8).cpu().numpy(), logits[0].float().cpu().numpy()
+
+
+@torch.no_grad()
+def check_frame_parity(model: torch.nn.Module, model_path: Path,
+                       images: Sequence[TargetImage], backend: str = "cpu") -> ParityReport:
+    """Compare a frame graph with PyTorch on target frames at their own size.
+
+    Logits: the file's feature-grid logits for the frame resized to the run size by the
+    runtime's own function, given as the frame (the in-graph resize is then the identity), vs
+    PyTorch's on the same pixels. Labels: the file's labels for the raw frame, at its size,
+    vs PyTorch by ``diga eval``'s rule.
+    """
+    from diga.runtime.frames import LOGITS, frame_feeds
+    from diga.runtime.preprocess import resize_rgb
+
+    model = model.eval()
+    agree = total = 0
+    max_diff = max_ref = diff_sum = 0.0
+    with Segmenter(model_path, backend=backend) as seg:
+        for item in images:
+            run = seg.run_size(item.image.shape[:2])
+            ref_labels, ref_logits = torch_frame_labels(model, seg.info, item.image, run)
+            resized = resize_rgb(item.image, run)
+            feeds = frame_feeds(seg.info, [resized], run, run)
+            got_logits = seg._model.run_named(feeds, [LOGITS])[0][0]
+            diff = np.abs(ref_logits - got_logits.astype(np.float32))
+            max_diff, diff_sum = max(max_diff, float(diff.max())), diff_sum + float(diff.mean())
+            max_ref = max(max_ref, float(np.abs(ref_logits).max()))
+            labels = seg.segment([item.image])[0].labels
+            agree += int((labels == ref_labels).sum())
+            total += ref_labels.size
+        provider = seg.provider
+    n = len(images)
+    return ParityReport(file=Path(model_path).name, images=n,
+                        pixel_agreement=100.0 * agree / max(total, 1), max_abs_logit_diff=max_diff,
+                        mean_abs_logit_diff=diff_sum / max(n, 1), provider=provider,
+                        max_abs_logit=max_ref)
 
 
 @torch.no_grad()

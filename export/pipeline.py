@@ -1,14 +1,18 @@
-"""``diga export`` as one function: checkpoint -> ONNX -> fp16 / int8 / TensorRT, each checked.
+"""``diga export`` as one function: checkpoint -> frame graphs (ONNX fp32 / fp16 / int8,
+OpenVINO IRs, TensorRT engines), each checked.
 
-Stages in order, each its own module: ``onnx_export`` (graph, metadata, checker), ``parity``
-(PyTorch vs onnxruntime on target images), ``quantize`` (INT8 calibrated on target train
-images, fp16), ``tensorrt_build`` (engines). Everything written is summarised in
-``export.json``; parity numbers go to ``parity.json`` next to the models.
+The network is exported once as the core (``onnx_export``: normalised NCHW float in, logits at
+feature resolution out); fp16 and int8 (``quantize``: calibrated on target train images) are
+made of the core; every shipped file is a core wrapped into the frame graph of its backend
+(``frame``: frames of any size in, labels at their size out). Cores live in a temporary folder
+only. Each file is compared with PyTorch (``parity``) and, with --int8 / --fp16, scored on
+target val; ``export.json`` lists everything written, ``parity.json`` the parity numbers.
 """
 
 from __future__ import annotations
 
 import logging
+import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -18,8 +22,8 @@ from diga.checkpoint import load_model, resolve_checkpoint
 from diga.config import Config, saved_config_with
 from diga.errors import UserError
 from diga.export.formats import FORMATS, ExportFormat, formats_for_flags
-from diga.export.onnx_export import ExportWrapper, export_onnx, model_info
-from diga.export.parity import check_parity, evaluate_model_file, target_images
+from diga.export.onnx_export import export_onnx, model_info, write_frame_model
+from diga.export.parity import check_frame_parity, evaluate_model_file, target_images
 from diga.io import atomic_write_json
 from diga.runtime.metadata import ModelInfo
 
@@ -37,8 +41,6 @@ class ExportOptions:
     trt: bool = False
     trt_fp32: bool = False  # also the float32 engine (the reference for the others)
     openvino: bool = False  # OpenVINO IRs of the float (and with int8, the QDQ) ONNX
-    bake_preprocess: bool = False
-    argmax: bool = False
 
 
 @dataclass
@@ -76,10 +78,6 @@ def default_out_dir(model_path: Path) -> Path:
     return model_path / "export"
 
 
-def _fits(images: list, input_size: tuple[int, int]) -> bool:
-    return all(item.image.shape[:2] == tuple(input_size) for item in images)
-
-
 def export_checkpoint(model_path: Path, overrides: list[str] | None = None,
                       options: ExportOptions | None = None, out_dir: Path | None = None,
                       report: Report | None = None) -> ExportSummary:
@@ -115,111 +113,125 @@ def export_checkpoint(model_path: Path, overrides: list[str] | None = None,
     parity_set = target_images(cfg, "val", ex.parity_images)
     input_size = tuple(cfg.inference_size or parity_set[0].image.shape[:2])
     trained = cfg.inference_size
-    say(f"inference size {trained[0]}x{trained[1]}: the runtime resizes every image to it"
-        if trained else "inference size: each image's own size (the target domain has no resize)")
-    if not ex.dynamic and not _fits(parity_set, input_size):
-        say(f"static model at {input_size[0]}x{input_size[1]}: images are resized to it")
+    say(f"inference size {trained[0]}x{trained[1]}: the model resizes every frame to it"
+        if trained else "inference size: each frame's own size (the target domain has no resize)")
     info = model_info(cfg, ckpt.meta, input_size, dynamic=ex.dynamic,  # type: ignore[arg-type]
-                      bake_preprocess=options.bake_preprocess, argmax=options.argmax,
-                      classes=saved.num_classes)  # the model's own, whatever data.classes says
+                      classes=saved.num_classes, frame="onnxruntime")  # the model's own classes
+    # the network alone (float NCHW at the run size in, feature-grid logits out): what is
+    # quantised and converted, then wrapped into each file's frame graph
+    core_info = info.replace(input_kind="float", output_kind="logits", layout="NCHW", frame=None)
 
     summary = ExportSummary(out_dir=out, info=info)
-    paths: dict[str, Path] = {}
-    onnx_fmt = FORMATS["onnx"]
-    say(f"exporting {cfg.model.name} to ONNX (opset {ex.opset}, "
-        f"{'dynamic' if ex.dynamic else 'static'} shapes)")
-    result = export_onnx(model, info, out / onnx_fmt.file, opset=ex.opset, exporter=ex.exporter)
-    summary.exporter, summary.fallback_reason, summary.opset = (
-        result.exporter, result.fallback_reason, result.opset)
-    paths["onnx"] = result.path
-    reference = ExportWrapper(model, info).eval()
+    with tempfile.TemporaryDirectory(prefix="diga-export-") as tmp:
+        cores: dict[str, Path] = {}  # precision -> core file
+        say(f"exporting {cfg.model.name} to ONNX (opset {ex.opset}, "
+            f"{'dynamic' if ex.dynamic else 'static'} shapes)")
+        result = export_onnx(model, core_info, Path(tmp) / "core.onnx", opset=ex.opset,
+                             exporter=ex.exporter, features=True)
+        summary.exporter, summary.fallback_reason, summary.opset = (
+            result.exporter, result.fallback_reason, result.opset)
+        cores["fp32"] = result.path
+        files: list[ExportedFile] = []
+        paths: dict[str, Path] = {}
 
-    calibration_images: list = []
+        def ship(fmt: ExportFormat, backend: str = "cpu") -> ExportedFile:
+            """Wrap the core of the format's precision into its frame graph and check it."""
+            flavour = {".xml": "openvino", ".engine": "tensorrt"}.get(fmt.suffix, "onnxruntime")
+            file_info = info.replace(precision=fmt.precision, frame=flavour)
+            path = out / fmt.file
+            if flavour == "onnxruntime":
+                say(f"writing {fmt.file}")
+                write_frame_model(cores[fmt.precision], path, file_info)
+            elif flavour == "openvino":
+                from diga.export.openvino_export import export_openvino
 
-    def calibration() -> list:
-        """The INT8 calibration images (target train), read once for every INT8 format."""
-        if not calibration_images:
-            calibration_images.extend(item.image for item in
-                                      target_images(cfg, "train", ex.calib_images))
-        return calibration_images
+                frame_onnx = write_frame_model(cores[fmt.precision], Path(tmp) / f"{fmt.name}.onnx",
+                                               file_info)
+                say(f"converting to the OpenVINO IR {fmt.file}")
+                export_openvino(frame_onnx, path, file_info)
+            else:
+                from diga.export.tensorrt_build import build_engine
 
-    def parity_of(fmt: ExportFormat) -> dict[str, Any]:
-        say(f"parity of {fmt.file} vs PyTorch on {len(parity_set)} target images")
-        return check_parity(reference, paths[fmt.name], parity_set).as_dict()
+                frame_onnx = write_frame_model(cores[fmt.precision], Path(tmp) / f"{fmt.name}.onnx",
+                                               file_info, run_size=trained)
+                say(f"building strongly typed TensorRT {fmt.precision} engine {fmt.file}")
+                build_engine(frame_onnx, path, file_info, ex,
+                             ex.trt_timing_cache or out / "trt_timing.cache",
+                             FORMATS[fmt.source].file)
+            paths[fmt.name] = path
+            say(f"parity of {fmt.file} vs PyTorch on {len(parity_set)} target frames")
+            size = path.stat().st_size + (path.with_suffix(".bin").stat().st_size
+                                          if fmt.suffix == ".xml" else 0)
+            exported = ExportedFile(fmt.name, path, fmt.precision, size,
+                                    check_frame_parity(model, path, parity_set, backend).as_dict())
+            files.append(exported)
+            return exported
 
-    files = [ExportedFile("onnx", result.path, "fp32", result.path.stat().st_size, parity_of(onnx_fmt))]
-    agreement = files[0].parity["pixel_agreement"]  # type: ignore[index]
-    if agreement < ex.min_agreement:  # a wrong graph: stop before building on it
-        summary.files = files
-        _write_reports(summary, model_path, ckpt.folder, ckpt.meta, cfg)
-        raise UserError(f"{result.path.name} agrees with PyTorch on only {agreement:.3f}% of "
-                        f"pixels (export.min_agreement={ex.min_agreement}); see {out / 'parity.json'}",
-                        "try export.exporter=torchscript or another export.opset")
+        agreement = ship(FORMATS["onnx"]).parity["pixel_agreement"]  # type: ignore[index]
+        if agreement < ex.min_agreement:  # a wrong graph: stop before building on it
+            summary.files = files
+            _write_reports(summary, model_path, ckpt.folder, ckpt.meta, cfg)
+            raise UserError(f"{FORMATS['onnx'].file} agrees with PyTorch on only {agreement:.3f}% "
+                            f"of pixels (export.min_agreement={ex.min_agreement}); see "
+                            f"{out / 'parity.json'}",
+                            "try export.exporter=torchscript or another export.opset")
 
-    if "onnx-fp16" in names:  # --fp16, or the source of the strongly typed fp16 engine
-        from diga.export.quantize import convert_fp16
+        calibration_images: list = []
 
-        fmt = FORMATS["onnx-fp16"]
-        say(f"converting to fp16: {fmt.file}")
-        paths[fmt.name] = convert_fp16(paths["onnx"], out / fmt.file, info)
-        files.append(ExportedFile(fmt.name, paths[fmt.name], "fp16",
-                                  paths[fmt.name].stat().st_size, parity_of(fmt)))
-    if "onnx-int8" in names:
-        from diga.export.quantize import quantize_int8
+        def calibration() -> list:
+            """The INT8 calibration images (target train), read once for every INT8 format."""
+            if not calibration_images:
+                calibration_images.extend(item.image for item in
+                                          target_images(cfg, "train", ex.calib_images))
+            return calibration_images
 
-        fmt = FORMATS["onnx-int8"]
-        say(f"calibrating int8 ({ex.calib_method}) on {ex.calib_images} target train images")
-        paths[fmt.name] = quantize_int8(paths["onnx"], out / fmt.file, calibration(), info,
-                                        ex.calib_method)
-        files.append(ExportedFile(fmt.name, paths[fmt.name], "int8",
-                                  paths[fmt.name].stat().st_size, parity_of(fmt)))
+        if "onnx-fp16" in names:  # --fp16, or the source of the strongly typed fp16 engine
+            from diga.export.quantize import convert_fp16
 
-    for fmt in (f for f in formats if f.suffix == ".xml"):
-        from diga.export.openvino_export import export_openvino
+            say("converting the network to fp16")
+            cores["fp16"] = convert_fp16(cores["fp32"], Path(tmp) / "core.fp16.onnx",
+                                         core_info.replace(precision="fp16"))
+            ship(FORMATS["onnx-fp16"])
+        if "onnx-int8" in names or "openvino-int8" in names:
+            from diga.export.quantize import quantize_int8
 
-        if fmt.precision == "int8" and ex.openvino_int8 == "nncf":
-            from diga.export.openvino_export import quantize_openvino_nncf
+            say(f"calibrating int8 ({ex.calib_method}) on {ex.calib_images} target train images")
+            cores["int8"] = quantize_int8(cores["fp32"], Path(tmp) / "core.int8.onnx",
+                                          calibration(), core_info, ex.calib_method)
+            if "onnx-int8" in names:
+                ship(FORMATS["onnx-int8"])
 
-            say(f"quantising {paths['openvino'].name} with NNCF on {ex.calib_images} target "
-                f"train images: {fmt.file}")
-            paths[fmt.name] = quantize_openvino_nncf(paths["openvino"], out / fmt.file,
-                                                     calibration(), info.replace(precision="int8"))
-        else:
-            say(f"converting {paths[fmt.source].name} to the OpenVINO IR {fmt.file}")
-            paths[fmt.name] = export_openvino(paths[fmt.source], out / fmt.file,
-                                              info.replace(precision=fmt.precision))
-        files.append(ExportedFile(fmt.name, paths[fmt.name], fmt.precision,
-                                  paths[fmt.name].stat().st_size
-                                  + paths[fmt.name].with_suffix(".bin").stat().st_size,
-                                  check_parity(reference, paths[fmt.name], parity_set,
-                                               backend="openvino").as_dict()))
+        for fmt in (f for f in formats if f.suffix == ".xml"):
+            if fmt.precision == "int8" and ex.openvino_int8 == "nncf":
+                from diga.export.openvino_export import quantize_openvino_nncf
 
-    if names & {"onnx-fp16", "onnx-int8", "openvino-int8"}:
-        _evaluate(files, cfg, summary, say)
+                say(f"quantising {paths['openvino'].name} with NNCF on {ex.calib_images} target "
+                    f"train images: {fmt.file}")
+                ir_info = info.replace(precision="int8", frame="openvino")
+                path = quantize_openvino_nncf(paths["openvino"], out / fmt.file, calibration(),
+                                              ir_info)
+                paths[fmt.name] = path
+                files.append(ExportedFile(
+                    fmt.name, path, "int8", path.stat().st_size + path.with_suffix(".bin").stat().st_size,
+                    check_frame_parity(model, path, parity_set, "openvino").as_dict()))
+            else:
+                ship(fmt, "openvino")
 
-    parity = {f.format: (f.parity or {}).get("pixel_agreement") for f in files}
-    for fmt in formats:
-        if not fmt.needs_gpu:
-            continue
-        from diga.export.tensorrt_build import build_engine
+        if names & {"onnx-fp16", "onnx-int8", "openvino-int8"}:
+            _evaluate(files, cfg, summary, say)
 
-        agreement = parity.get(fmt.source)
-        if fmt.precision == "fp16" and agreement is not None and agreement < ex.min_agreement_fp16:
-            # a strongly typed engine computes what its ONNX computes: check that first
-            summary.notes.append(f"{fmt.file} not built: {paths[fmt.source].name} agrees with fp32 "
-                                 f"PyTorch on {agreement:.2f}% of pixels (export.min_agreement_fp16"
-                                 f"={ex.min_agreement_fp16})")
-            continue
-        cache = ex.trt_timing_cache or out / "trt_timing.cache"
-        say(f"building strongly typed TensorRT {fmt.precision} engine {fmt.file} from "
-            f"{paths[fmt.source].name}")
-        build_engine(paths[fmt.source], out / fmt.file, info.replace(precision=fmt.precision),
-                     ex, cache)
-        paths[fmt.name] = out / fmt.file
-        files.append(ExportedFile(fmt.name, paths[fmt.name], fmt.precision,
-                                  paths[fmt.name].stat().st_size,
-                                  check_parity(reference, paths[fmt.name], parity_set,
-                                               backend="tensorrt").as_dict()))
+        parity = {f.format: (f.parity or {}).get("pixel_agreement") for f in files}
+        for fmt in formats:
+            if not fmt.needs_gpu:
+                continue
+            agreement = parity.get(fmt.source)
+            if fmt.precision == "fp16" and agreement is not None and agreement < ex.min_agreement_fp16:
+                # a strongly typed engine computes what its ONNX computes: check that first
+                summary.notes.append(f"{fmt.file} not built: {paths[fmt.source].name} agrees with "
+                                     f"fp32 PyTorch on {agreement:.2f}% of pixels "
+                                     f"(export.min_agreement_fp16={ex.min_agreement_fp16})")
+                continue
+            ship(fmt, "tensorrt")
 
     summary.files = files
     _write_reports(summary, model_path, ckpt.folder, ckpt.meta, cfg)

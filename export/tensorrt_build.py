@@ -63,8 +63,8 @@ def check_tensorrt_ready() -> Any:
 def profile_shapes(info: ModelInfo, export: ExportConfig) -> dict[str, tuple[int, ...]]:
     """min / opt / max input shapes for the optimisation profile, in the model's layout.
 
-    From ``export.trt_*``, widened where needed to take the export size (``info.input_size``),
-    at which parity is checked.
+    From ``export.trt_*`` (for a frame engine: the frames' sizes), widened where needed to take
+    the export size (``info.input_size``), at which parity is checked.
     """
     lo, opt, hi = export.trt_min_size, export.trt_opt_size, export.trt_max_size
     if info.input_size is not None:
@@ -128,9 +128,10 @@ def check_trt_source(onnx_path: Path, precision: str) -> None:
 
 
 def build_engine(onnx_path: Path, engine_path: Path, info: ModelInfo, export: ExportConfig,
-                 timing_cache: Path) -> dict[str, Any]:
+                 timing_cache: Path, source_name: str | None = None) -> dict[str, Any]:
     """Build and serialise a strongly typed engine from ``onnx_path``, whose precision
     (``info.precision``: fp32, fp16 or int8) it takes; returns what its side-car JSON says.
+    ``source_name``: the shipped file whose network the engine holds (default the ONNX's name).
 
     Raises:
         UserError: no TensorRT or GPU, an ONNX without the precision it should carry, a parse
@@ -187,7 +188,8 @@ def build_engine(onnx_path: Path, engine_path: Path, info: ModelInfo, export: Ex
         "engine": engine_path.name,
         "precision": precision,
         "strongly_typed": True,
-        "precision_source": {"onnx": onnx_path.name, "sha256": file_sha256(onnx_path)},
+        "precision_source": {"onnx": source_name or onnx_path.name,
+                             "sha256": file_sha256(onnx_path)},
         "tensorrt": trt.__version__,
         **gpu_identity(),
         "profile": {k: list(v) for k, v in shapes.items()} if shapes else None,

@@ -26,8 +26,8 @@ DATA = ["data.builtin.size=32x64", "data.builtin.source_train=8", "data.builtin.
 FAST = ["bench.time_budget_s=0.2", "bench.warmup=1", "bench.min_iters=3", "bench.matmul_size=256"]
 ROW_KEYS = {
     "model", "format", "backend", "precision", "compiled", "status", "provider", "device",
-    "file_size_bytes", "input_shape", "run_size", "latency_ms", "throughput", "peak_rss_mb",
-    "rss_increase_mb", "gpu_memory_mb", "flops_per_image", "gflops_per_s", "peak_fraction",
+    "file_size_bytes", "input_shape", "run_size", "latency_ms", "parts_ms", "throughput",
+    "peak_rss_mb", "rss_increase_mb", "gpu_memory_mb", "flops_per_image", "gflops_per_s",
     "latency_vs_torch", "images", "miou", "miou13", "classes", "mapped_from", "pixel_acc", "pixel_agreement", "reference", "notes",
 }
 HAS_ORT_CUDA = "CUDAExecutionProvider" in ort.get_available_providers()
@@ -97,14 +97,17 @@ def test_measured_rows_have_ordered_percentiles_and_sane_values(bench):
         assert lat["iterations"] >= 3
         assert [t["batch"] for t in row["throughput"]] == [1, 2]
         assert all(t["images_per_s"] > 0 for t in row["throughput"])
-        assert row["input_shape"] == [1, 3, 32, 64]
+        assert row["input_shape"] == [1, 32, 64, 3]  # a target frame as the camera gives it
+        assert row["run_size"] == [32, 64]
         assert row["file_size_bytes"] > 0
         assert row["peak_rss_mb"] > 0 and row["rss_increase_mb"] >= 0
         assert row["device"] == "cpu" and row["gpu_memory_mb"] is None
         assert row["flops_per_image"] > 0
+        parts = row["parts_ms"]
+        assert set(parts) == {"pre", "model", "post"} and all(v >= 0 for v in parts.values())
+        assert parts["model"] > 0
         assert row["gflops_per_s"] == pytest.approx(
-            row["flops_per_image"] / (lat["p50"] / 1000) / 1e9)
-        assert row["peak_fraction"] > 0
+            row["flops_per_image"] / (parts["model"] / 1000) / 1e9)
         assert row["images"] == 4
         assert 0 <= row["miou"] <= 100 and 0 <= row["pixel_acc"] <= 100
     # every model file is the same network at the same size: one FLOP count

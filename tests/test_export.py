@@ -172,8 +172,8 @@ def test_metadata_round_trips_into_the_runtime(exported, trained_run):
     assert info.class_names == protocol.names
     assert np.array_equal(info.palette, protocol.palette)
     assert info.mean == tuple(cfg.data.mean) and info.std == tuple(cfg.data.std)
-    assert (info.input_kind, info.output_kind, info.layout, info.channel_order) == (
-        "float", "logits", "NCHW", "RGB")
+    assert (info.input_kind, info.output_kind, info.layout, info.channel_order, info.frame) == (
+        "frame", "labels", "NHWC", "RGB", "onnxruntime")
     assert info.input_size == (64, 128) and info.dynamic and info.precision == "fp32"
     prov = info.provenance
     assert prov["config_hash"] == cfg.hash() and prov["stage"] == "source" and prov["step"] == 40
@@ -204,8 +204,9 @@ def test_int8_is_qdq_and_reports_miou_vs_fp32(exported, trained_run, record_prop
 
 def test_fp16_model_keeps_float32_io(exported, trained_run):
     proto = onnx.load(str(trained_run / "export" / "model.fp16.onnx"))
-    assert proto.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
-    assert proto.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    types = {v.name: v.type.tensor_type.elem_type for v in (*proto.graph.input, *proto.graph.output)}
+    assert types == {"image": onnx.TensorProto.UINT8, "run_size": onnx.TensorProto.INT64,
+                     "labels": onnx.TensorProto.UINT8, "logits": onnx.TensorProto.FLOAT}
     assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in proto.graph.initializer)
     fp16 = {f.path.name: f for f in exported.files}["model.fp16.onnx"]
     assert fp16.parity["pixel_agreement"] > 99.0
@@ -214,32 +215,30 @@ def test_fp16_model_keeps_float32_io(exported, trained_run):
 
 def test_dynamic_model_runs_other_sizes_and_batches(exported, trained_run):
     from diga.checkpoint import load_model
+    from diga.export.parity import torch_frame_labels
 
     model, path = load_model(trained_run)[0], trained_run / "export" / "model.onnx"
+    rgb = np.random.default_rng(0).integers(0, 256, (2, 48, 80, 3), dtype=np.uint8)
     with Segmenter(path, backend="cpu") as seg:
-        rgb = np.random.default_rng(0).integers(0, 256, (2, 48, 80, 3), dtype=np.uint8)
-        batch, _ = seg.prepare(list(rgb))
-        got = seg.run(batch)
+        got = seg.segment(list(rgb))  # one batch of two frames: their own size, no resize
+        assert seg.run_size((48, 80)) == (48, 80)
         info = seg.info
-    ref = ExportWrapper(model, info)(torch.from_numpy(batch)).detach().numpy()
-    assert got.shape == (2, 19, 48, 80)
-    assert np.abs(got - ref).max() < 1e-3
+    for frame, prediction in zip(rgb, got, strict=True):
+        ref, _ = torch_frame_labels(model, info, frame, (48, 80))
+        assert prediction.labels.shape == (48, 80) and (prediction.labels == ref).mean() >= 0.999
 
 
-def test_static_baked_argmax_variant(trained_run, tmp_path):
-    summary = export_checkpoint(trained_run, ["export.dynamic=false"],
-                                ExportOptions(bake_preprocess=True, argmax=True), out_dir=tmp_path)
+def test_static_core_runs_frames_of_any_size(trained_run, tmp_path):
+    summary = export_checkpoint(trained_run, ["export.dynamic=false"], out_dir=tmp_path)
     proto = onnx.load(str(tmp_path / "model.onnx"))
-    inp, out = proto.graph.input[0].type.tensor_type, proto.graph.output[0].type.tensor_type
-    assert inp.elem_type == onnx.TensorProto.UINT8 and out.elem_type == onnx.TensorProto.UINT8
-    assert [d.dim_value for d in inp.shape.dim] == [1, 64, 128, 3]  # NHWC uint8, static
-    assert [d.dim_value for d in out.shape.dim] == [1, 64, 128]
+    dims = [d.dim_value or d.dim_param for d in proto.graph.input[0].type.tensor_type.shape.dim]
+    assert dims == [1, "height", "width", 3]  # the static core's batch; frames of any size
     assert summary.files[0].parity["pixel_agreement"] >= 99.9
-    assert summary.files[0].parity["max_abs_logit_diff"] is None
     with Segmenter(tmp_path / "model.onnx", backend="cpu") as seg:
-        assert (seg.info.input_kind, seg.info.output_kind, seg.info.layout) == ("uint8", "labels", "NHWC")
-        labels = seg(np.full((50, 70, 3), 90, np.uint8))  # resized to 64x128 and back
-        several = seg.predict_batch([np.full((50, 70, 3), 90, np.uint8)] * 3)  # static batch 1
+        assert not seg.info.dynamic and seg.info.input_size == (64, 128)
+        frame = np.full((50, 70, 3), 90, np.uint8)
+        labels = seg(frame)  # resized to 64x128 in the graph, labels at 50x70
+        several = seg.predict_batch([frame] * 3)  # the static batch of 1: three calls
     assert all(np.array_equal(s, labels) for s in several)
     assert labels.shape == (50, 70) and labels.dtype == np.uint8 and labels.max() < 19
 
@@ -278,13 +277,13 @@ def one_error_line(result) -> str:
 def test_cli_export_fp16_with_summary(tmp_path):
     run = make_run(tmp_path / "run", build_model("deeplabv2_tiny", 19))
     # the TorchScript exporter here: quicker, and the dynamo path is tested above
-    result = runner.invoke(app, ["export", str(run), "--fp16", "--opset", "17",
+    result = runner.invoke(app, ["export", str(run), "--fp16", "--opset", "18",
                                  "export.parity_images=2", "export.exporter=torchscript",
                                  "--out", str(tmp_path / "out")])
     assert result.exit_code == 0, result.output
     assert "model.fp16.onnx" in result.output and "wrote" in result.output
     summary = json.loads((tmp_path / "out" / "export.json").read_text())
-    assert summary["opset"] == 17 and len(summary["files"]) == 2
+    assert summary["opset"] == 18 and len(summary["files"]) == 2
     assert summary["exporter"] == "torchscript"
     assert summary["files"][0]["parity"]["pixel_agreement"] >= 99.9
 
@@ -356,7 +355,7 @@ def test_trt_engines_build_and_match(trained_run, tmp_path):
         sidecar = json.loads(engine_sidecar(engine).read_text())
         assert sidecar["precision"] == precision and sidecar["strongly_typed"] is True
         assert sidecar["precision_source"]["onnx"] == source
-        assert sidecar["profile"]["max"] == [1, 3, 128, 256] and sidecar["compute_capability"]
+        assert sidecar["profile"]["max"] == [1, 128, 256, 3] and sidecar["compute_capability"]
         assert len(sidecar["timing_cache"]["sha256"]) == 64
         with Segmenter(engine) as seg:
             assert seg.backend == "tensorrt" and seg.info.precision == precision
@@ -373,21 +372,22 @@ def test_trt_profile_covers_the_export_size():
     from diga.export.tensorrt_build import profile_shapes
 
     cfg = load_config("demo", SMALL + ["export.trt_max_batch=4"])
-    info = model_info(cfg, {}, (64, 128), dynamic=True, bake_preprocess=False, argmax=False)
-    shapes = profile_shapes(info, cfg.export)  # defaults 256x512 .. 1024x2048, widened to 64x128
-    assert shapes == {"min": (1, 3, 64, 128), "opt": (2, 3, 512, 1024), "max": (4, 3, 1024, 2048)}
-    baked = info.replace(layout="NHWC", input_kind="uint8")
-    assert profile_shapes(baked, cfg.export)["max"] == (4, 1024, 2048, 3)
+    info = model_info(cfg, {}, (64, 128), dynamic=True, frame="tensorrt")
+    shapes = profile_shapes(info, cfg.export)  # frames 256x512 .. 2048x4096, widened to 64x128
+    assert shapes == {"min": (1, 64, 128, 3), "opt": (2, 1024, 2048, 3), "max": (4, 2048, 4096, 3)}
+    network_alone = info.replace(layout="NCHW", input_kind="float", output_kind="logits",
+                                 frame=None)
+    assert profile_shapes(network_alone, cfg.export)["max"] == (4, 3, 2048, 4096)
 
 
 def test_export_stops_when_fp32_parity_is_below_min_agreement(monkeypatch, tmp_path):
     import diga.export.pipeline as pipeline
     from diga.export.parity import ParityReport
 
-    def poor_parity(reference, path, images, backend="cpu"):
+    def poor_parity(model, path, images, backend="cpu"):
         return ParityReport(Path(path).name, len(images), 97.5, 3.0, 0.5, "CPUExecutionProvider")
 
-    monkeypatch.setattr(pipeline, "check_parity", poor_parity)
+    monkeypatch.setattr(pipeline, "check_frame_parity", poor_parity)
     run = make_run(tmp_path / "run", build_model("deeplabv2_tiny", 19))
     with pytest.raises(UserError, match=r"agrees with PyTorch on only 97.500% .*min_agreement=99.9"):
         export_checkpoint(run, ["export.exporter=torchscript"], ExportOptions(int8=True),
@@ -398,14 +398,21 @@ def test_export_stops_when_fp32_parity_is_below_min_agreement(monkeypatch, tmp_p
 
 @pytest.mark.parametrize("method", ["entropy", "percentile"])
 def test_other_calibration_methods(exported, trained_run, tmp_path, method, capsys):
+    from diga.checkpoint import load_model
+    from diga.export.onnx_export import write_frame_model
     from diga.export.parity import evaluate_model_file
     from diga.export.quantize import quantize_int8
 
     cfg = load_config("demo", SMALL)
-    fp32 = trained_run / "export" / "model.onnx"
+    core_info = exported.info.replace(input_kind="float", output_kind="logits", layout="NCHW",
+                                      frame=None)
+    core = export_onnx(load_model(trained_run)[0], core_info, tmp_path / "core.onnx",
+                       exporter="torchscript", features=True).path
     calib = [t.image for t in target_images(cfg, "train", 4)]
-    path = quantize_int8(fp32, tmp_path / "model.int8.onnx", calib, exported.info, method)
+    quantized = quantize_int8(core, tmp_path / "core.int8.onnx", calib, core_info, method)
     assert "Collecting tensor data" not in capsys.readouterr().out  # calibrator chatter kept off
+    path = write_frame_model(quantized, tmp_path / "model.int8.onnx",
+                             exported.info.replace(precision="int8"))
     val = target_images(cfg, "val", None)
     got = evaluate_model_file(path, val)["miou"]
     ref = {f.path.name: f for f in exported.files}["model.onnx"].evaluation["miou"]

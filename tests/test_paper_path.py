@@ -75,11 +75,12 @@ def test_paper_preset_rehearsal(tmp_path, data, preset):
                          .read_text().splitlines()[-1])
     assert ("target_val_miou13" in metrics) == synthia
 
-    # every exported file records the inference size and how outputs go back
+    # every exported file records the inference size and makes labels at the frame's size
     for path in (done["onnx"], done["int8"]):
         props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
         assert props["inference_size"] == "32x64"
-        assert props["output_resize"] == "bilinear logits, then argmax"
+        assert (props["input_kind"], props["frame"]) == ("frame", "onnxruntime")
+        assert props["output_resize"].startswith("in the graph: logits bilinear (align_corners)")
     summary = json.loads((done["onnx"].parent / "export.json").read_text())
     assert summary["inference_size"] == list(TRAINED)
 

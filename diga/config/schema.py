@@ -294,7 +294,7 @@ class EvalConfig(Section):
 
 
 class ExportConfig(Section):
-    opset: int = Field(18, ge=17)
+    opset: int = Field(18, ge=18)  # the frame graph's Resize takes antialias from opset 18
     dynamic: bool = True
     # The size the deployed model runs every image at (recorded in every exported file as its
     # inference size). None: the target domain's resize (data.target.resize), the scale the
@@ -306,9 +306,11 @@ class ExportConfig(Section):
     # of the float IR on the same images
     openvino_int8: Literal["qdq", "nncf"] = "qdq"
     parity_images: int = Field(8, ge=1)
+    # the frames an engine takes (its optimisation profile): any size in [min, max], fastest
+    # at opt (the camera's); the network inside runs at the inference size whatever the frame
     trt_min_size: Size = (256, 512)
-    trt_opt_size: Size = (512, 1024)
-    trt_max_size: Size = (1024, 2048)
+    trt_opt_size: Size = (1024, 2048)
+    trt_max_size: Size = (2048, 4096)
     trt_max_batch: int = Field(1, ge=1)
     trt_workspace_gb: float = Field(4.0, gt=0)
     trt_timing_cache: Path | None = None  # None: <export dir>/trt_timing.cache, reused across builds

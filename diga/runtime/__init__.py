@@ -16,6 +16,7 @@ from diga.runtime.prediction import Prediction, class_report
 from diga.runtime.preprocess import model_input_size, prepare_batch, to_model_size, to_rgb_uint8
 from diga.runtime.segmenter import (
     BACKENDS,
+    HostPathWarning,
     RuntimeFallbackWarning,
     ScaleWarning,
     Segmenter,
@@ -28,6 +29,7 @@ from diga.runtime.segmenter import (
 
 __all__ = [
     "BACKENDS",
+    "HostPathWarning",
     "ModelInfo",
     "Prediction",
     "RuntimeFallbackWarning",

@@ -16,8 +16,12 @@ import numpy as np
 from diga.errors import UserError
 
 METADATA_FORMAT = "diga-segmentation/1"
-INPUT_KINDS = ("float", "uint8")  # float: normalised NCHW float32; uint8: raw RGB, normalised in-graph
+# float: normalised NCHW float32 at the run size; uint8: raw RGB at the run size, normalised in
+# the graph; frame: the frame graph (diga.export.frame): raw RGB NHWC of any size in, labels at
+# its size out, everything per-pixel in the graph
+INPUT_KINDS = ("float", "uint8", "frame")
 OUTPUT_KINDS = ("logits", "labels")  # logits: (B, C, H, W) float; labels: (B, H, W) uint8 train ids
+FRAME_FLAVOURS = ("onnxruntime", "openvino", "tensorrt")  # diga.export.frame.FLAVOURS
 LAYOUTS = ("NCHW", "NHWC")
 PRECISIONS = ("fp32", "fp16", "int8")
 NATIVE = "native"  # inference_size of a model trained on images at their own size
@@ -44,6 +48,9 @@ class ModelInfo:
     at their own size, so each image runs at its own size. ``scale_recorded`` is False for
     files exported before diga recorded the inference size (0.1): they run at each image's
     own size, with a warning.
+
+    ``frame`` names the frame graph's flavour (``diga.export.frame``) for ``input_kind``
+    ``frame``: which inputs it takes and where the trained scale is applied.
     """
 
     class_names: tuple[str, ...]
@@ -60,6 +67,7 @@ class ModelInfo:
     provenance: dict[str, Any] = field(default_factory=dict)
     inference_size: tuple[int, int] | None = None
     scale_recorded: bool = True
+    frame: str | None = None
 
     def __post_init__(self) -> None:
         palette = np.asarray(self.palette, dtype=np.uint8).reshape(-1, 3)
@@ -77,14 +85,27 @@ class ModelInfo:
                 raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
         if len(palette) != len(self.class_names):
             raise ValueError(f"{len(self.class_names)} class names but {len(palette)} colours")
+        if (self.input_kind == "frame") != (self.frame is not None):
+            raise ValueError("a frame model (input_kind 'frame') names its flavour, and only it")
+        if self.frame is not None and self.frame not in FRAME_FLAVOURS:
+            raise ValueError(f"frame must be one of {FRAME_FLAVOURS}, got {self.frame!r}")
 
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
 
     @property
+    def has_confidence(self) -> bool:
+        """Whether the model gives logits to make confidence maps from (a frame graph's second
+        output, or a logits output)."""
+        return self.input_kind == "frame" or self.output_kind == "logits"
+
+    @property
     def output_resize(self) -> str:
         """How an output goes back to the input image's size."""
+        if self.input_kind == "frame":
+            return ("in the graph: logits bilinear (align_corners) from the feature grid to the "
+                    "frame's size, then argmax")
         if self.output_kind == "logits":
             return "bilinear logits, then argmax"
         return "nearest labels"
@@ -116,6 +137,8 @@ class ModelInfo:
             "inference_size": scale,
             "output_resize": self.output_resize,
         }
+        if self.frame is not None:
+            props["frame"] = self.frame
         if not self.scale_recorded:  # an older file read back: write what it had
             del props["inference_size"], props["output_resize"]
         return props
@@ -148,6 +171,7 @@ class ModelInfo:
                 provenance=json.loads(props.get("provenance", "{}")),
                 inference_size=_size(scale) if scale not in (None, NATIVE) else None,
                 scale_recorded=scale is not None,
+                frame=props.get("frame"),
             )
         except (KeyError, ValueError, TypeError) as exc:
             raise UserError(f"the diga metadata in {where} is damaged ({type(exc).__name__}: {exc})",

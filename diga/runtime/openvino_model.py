@@ -85,6 +85,11 @@ class OpenVINOModel:
         result = self.request.infer({0: np.ascontiguousarray(batch)})
         return np.array(result[self.compiled.outputs[0]])  # a copy: the request reuses its buffer
 
+    def run_named(self, feeds: dict[str, np.ndarray], outputs: list[str]) -> list[np.ndarray]:
+        """The outputs asked for, as copies (the request reuses its buffers)."""
+        result = self.request.infer({k: np.ascontiguousarray(v) for k, v in feeds.items()})
+        return [np.array(result[self.compiled.output(name)]) for name in outputs]
+
     def close(self) -> None:
         self.request = None  # the request before the compiled model it belongs to
         self.compiled = None

@@ -43,6 +43,45 @@ def softmax_maps(logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return confidence.astype(np.float32), np.clip(uncertainty, 0.0, 1.0).astype(np.float32)
 
 
+def upsample_align_corners(logits: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(C, h, w) logits -> (C, H, W), bilinear with align_corners: the frame graph's rule and
+    ``diga eval``'s (torch's ``interpolate(..., align_corners=True)``), on the host."""
+    logits = logits.astype(np.float32, copy=False)
+    if logits.shape[1:] == tuple(size):
+        return logits
+
+    def axis(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        ratio = np.float32((n_in - 1) / max(n_out - 1, 1))
+        src = np.arange(n_out, dtype=np.float32) * ratio
+        lo = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
+        return lo, np.minimum(lo + 1, n_in - 1), src - lo.astype(np.float32)
+
+    (y0, y1, wy), (x0, x1, wx) = axis(logits.shape[1], size[0]), axis(logits.shape[2], size[1])
+    rows = logits[:, y0] + (logits[:, y1] - logits[:, y0]) * wy[None, :, None]  # (C, H, w)
+    return rows[:, :, x0] + (rows[:, :, x1] - rows[:, :, x0]) * wx  # (C, H, W)
+
+
+def frame_prediction(labels: np.ndarray, logits: np.ndarray | None,
+                     out_size: tuple[int, int] | None = None,
+                     uncertainty: bool = False) -> Prediction:
+    """One image's frame-graph outputs -> ``Prediction`` at ``out_size``.
+
+    ``labels`` (H, W) come from the graph at the frame's size. Where ``out_size`` is another
+    size, or confidence maps are asked for, the feature-grid ``logits`` (C, h, w) are upsampled
+    here by the same rule (align_corners bilinear, then argmax).
+    """
+    size = tuple(out_size) if out_size is not None else labels.shape
+    if size == labels.shape and not uncertainty:
+        return Prediction(labels)
+    if logits is None:
+        raise ValueError("the frame graph's logits are needed for another size or confidence")
+    full = upsample_align_corners(logits, size)
+    labels = labels if size == labels.shape else full.argmax(0).astype(np.uint8)
+    if not uncertainty:
+        return Prediction(labels)
+    return Prediction(labels, *softmax_maps(full))
+
+
 def prediction_from_output(output: np.ndarray, info: ModelInfo,
                            out_size: tuple[int, int] | None = None,
                            uncertainty: bool = False) -> Prediction:

@@ -25,6 +25,7 @@ from diga.errors import UserError
 from diga.runtime.metadata import ModelInfo
 from diga.runtime.prediction import Prediction, prediction_from_output
 from diga.runtime.preprocess import (
+    NATIVE,
     TRAINED,
     RunSize,
     check_run_size,
@@ -51,6 +52,12 @@ class RuntimeFallbackWarning(SegmenterWarning):
 
 class ScaleWarning(SegmenterWarning):
     """The model file records no inference size (an older export): images run at their own size."""
+
+
+class HostPathWarning(SegmenterWarning):
+    """The model file holds the network alone (an older export, or ``--logits``): frames are
+    resized and labels made on the host, several times the network's own time at camera
+    resolution; the frame graph does both in the graph."""
 
 
 def check_backend(backend: str) -> str:
@@ -110,12 +117,17 @@ class _OrtModel:
         self.backend = PROVIDER_BACKEND.get(self.provider, self.provider)
         self.input_name = self.session.get_inputs()[0].name
         self.output_name = self.session.get_outputs()[0].name
+        self.output_names = [o.name for o in self.session.get_outputs()]
         batch_dim = self.session.get_inputs()[0].shape[0]
         self.max_batch: int | None = batch_dim if isinstance(batch_dim, int) else None
         self.props = dict(self.session.get_modelmeta().custom_metadata_map)
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         return self.session.run([self.output_name], {self.input_name: batch})[0]
+
+    def run_named(self, feeds: dict[str, np.ndarray], outputs: list[str]) -> list[np.ndarray]:
+        """The outputs asked for (onnxruntime computes no node that none of them needs)."""
+        return self.session.run(outputs, feeds)
 
     def close(self) -> None:
         self.session = None
@@ -176,6 +188,16 @@ class Segmenter:
                             "give an .onnx, .xml or .engine file (a run directory or checkpoint "
                             "runs through 'diga predict' / 'diga eval' with PyTorch)")
         self.size = check_run_size(self.info, size, str(self.path))
+        if self.info.frame == "tensorrt" and size != TRAINED and not (
+                size == NATIVE and self.info.inference_size is None):
+            raise UserError(f"{self.path.name} runs frames at the size it was built for (its "
+                            "trained scale), not at another run size",
+                            "drop the size option, or use the .onnx model for other run sizes")
+        if self.info.input_kind != "frame":
+            warnings.warn(f"{self.path.name} holds the network alone: frames are resized and "
+                          "labels made on the host, slower at camera resolution than the frame "
+                          "graph, which does both in the model; 'diga export RUN' writes it",
+                          HostPathWarning, stacklevel=2)
         if size == TRAINED and not self.info.scale_recorded and self.info.dynamic:
             warnings.warn(f"{self.path.name} records no inference size (exported by diga 0.1): "
                           "each image runs at its own size, which is the trained scale only if "
@@ -213,12 +235,21 @@ class Segmenter:
             runs = f"runs at {self.size[0]}x{self.size[1]}"
         else:
             runs = "runs at each image's own size"
+        if self.info.input_kind == "frame":
+            where = ("resized with Pillow on the host" if self.info.frame == "openvino"
+                     else "resized in the model")
+            return (f"{self.path.name}: {self.provider} ({self.backend}), {self.info.precision}, "
+                    f"frames of any size in ({runs}, {where}), labels at the frame's size out "
+                    f"(in the model), {self.info.num_classes} classes")
         return (f"{self.path.name}: {self.provider} ({self.backend}), {self.info.precision}, "
                 f"input {self.info.input_kind} {self.info.layout} {shape} ({runs}), "
                 f"output {self.info.output_kind}, {self.info.num_classes} classes")
 
     def prepare(self, images: Sequence[Any]) -> tuple[np.ndarray, list[tuple[int, int]]]:
-        """Images that run at one size -> (input batch, original sizes)."""
+        """Images that run at one size -> (input batch, original sizes), for a model that
+        holds the network alone (a frame graph takes the frames: ``segment``)."""
+        if self.info.input_kind == "frame":
+            raise ValueError(f"{self.path.name} is a frame graph: give it the frames (segment)")
         rgbs = [to_rgb_uint8(img) for img in images]
         sizes = [img.shape[:2] for img in rgbs]
         run_sizes = {self.run_size(s) for s in sizes}
@@ -245,9 +276,9 @@ class Segmenter:
         """A ``Prediction`` per image: its labels and, with ``uncertainty`` (and a model that
         outputs logits), its confidence and uncertainty maps. Images that run at the same size
         share a batch of at most ``max_batch``."""
-        if uncertainty and self.info.output_kind != "logits":
-            raise UserError(f"{self.path.name} outputs labels, so it has no confidence to map",
-                            "export the model without --argmax (logits out)")
+        if uncertainty and not self.info.has_confidence:
+            raise UserError(f"{self.path.name} outputs labels alone, so it has no confidence to "
+                            "map", "export the model again with 'diga export RUN'")
         rgbs = [to_rgb_uint8(img, name=f"image {i}" if len(images) > 1 else "image")
                 for i, img in enumerate(images)]
         groups: dict[tuple[int, int], list[int]] = {}
@@ -255,6 +286,21 @@ class Segmenter:
             groups.setdefault(self.run_size(img.shape[:2]), []).append(i)
         results: list[Prediction | None] = [None] * len(rgbs)
         step = min(max_batch, self._model.max_batch or max_batch)  # a static batch caps it
+        if self.info.input_kind == "frame":  # one batch per frame size: the graph does the rest
+            from diga.runtime.frames import segment_frames
+
+            frames: dict[tuple[int, int], list[int]] = {}
+            for i, img in enumerate(rgbs):
+                frames.setdefault(img.shape[:2], []).append(i)
+            for frame_size, members in frames.items():
+                for start in range(0, len(members), step):
+                    chunk = members[start:start + step]
+                    predictions = segment_frames(self._model, self.info, [rgbs[i] for i in chunk],
+                                                 self.run_size(frame_size), out_size,
+                                                 uncertainty, self.path.name)
+                    for i, prediction in zip(chunk, predictions, strict=True):
+                        results[i] = prediction
+            return results  # type: ignore[return-value]
         for run_size, members in groups.items():
             for start in range(0, len(members), step):
                 chunk = members[start:start + step]

@@ -216,10 +216,12 @@ def _device_memory() -> _PyCudaMemory | _CudaBindingsMemory:
 
 
 class TensorRTEngine:
-    """A deserialised engine with one input and one output, its context, stream and buffers.
+    """A deserialised engine, its context, stream and buffers.
 
-    Buffers are allocated for the first batch shape and grown when a larger one comes; call
-    ``close()`` (or use ``with``) to release the device memory.
+    A frame engine (``diga.export.frame``) has the input ``image`` and the outputs ``labels``
+    and ``logits``; an engine of the network alone one input and one output. Buffers are
+    allocated for the first shapes and grown when larger ones come; call ``close()`` (or use
+    ``with``) to release the device memory.
     """
 
     def __init__(self, path: Path) -> None:
@@ -241,15 +243,17 @@ class TensorRTEngine:
                             "rebuild it here with 'diga export MODEL --trt'")
         self.context = self.engine.create_execution_context()
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
-        inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
-        outputs = [n for n in names if n not in inputs]
-        if len(inputs) != 1 or len(outputs) != 1:
+        self.inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        self.outputs = [n for n in names if n not in self.inputs]
+        if len(self.inputs) != 1 or not self.outputs:
             self.close()
-            raise UserError(f"engine {self.path} has {len(inputs)} inputs and {len(outputs)} "
-                            "outputs; diga engines have one of each", "build it with 'diga export --trt'")
-        self.input_name, self.output_name = inputs[0], outputs[0]
-        self.input_dtype = np.dtype(trt.nptype(self.engine.get_tensor_dtype(self.input_name)))
-        self.output_dtype = np.dtype(trt.nptype(self.engine.get_tensor_dtype(self.output_name)))
+            raise UserError(f"engine {self.path} has {len(self.inputs)} inputs and "
+                            f"{len(self.outputs)} outputs; diga engines take one input",
+                            "build it with 'diga export --trt'")
+        self.input_name, self.output_name = self.inputs[0], self.outputs[0]
+        self.dtypes = {n: np.dtype(trt.nptype(self.engine.get_tensor_dtype(n))) for n in names}
+        self.input_dtype = self.dtypes[self.input_name]
+        self.output_dtype = self.dtypes[self.output_name]
 
     def profile_shapes(self) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
         """(min, opt, max) input shapes of optimisation profile 0."""
@@ -271,8 +275,13 @@ class TensorRTEngine:
         return self.memory.pointer(self._buffers[name][0])
 
     def run(self, batch: np.ndarray) -> np.ndarray:
-        """One inference: host batch in, host output out (waits for the stream)."""
-        batch = np.ascontiguousarray(batch, dtype=self.input_dtype)
+        """One inference: host batch in, host output (the first) out (waits for the stream)."""
+        return self.run_named({self.input_name: batch}, [self.output_name])[0]
+
+    def run_named(self, feeds: dict[str, np.ndarray], outputs: list[str]) -> list[np.ndarray]:
+        """One inference on the input in ``feeds``; copies back only the ``outputs`` asked for
+        (a frame engine's logits stay on the device unless asked for). Waits for the stream."""
+        batch = np.ascontiguousarray(feeds[self.input_name], dtype=self.input_dtype)
         if not self.context.set_input_shape(self.input_name, tuple(batch.shape)):
             static = tuple(int(d) for d in self.engine.get_tensor_shape(self.input_name))
             if all(d > 0 for d in static):
@@ -283,18 +292,21 @@ class TensorRTEngine:
             raise UserError(f"input shape {tuple(batch.shape)} does not fit engine {self.path.name} "
                             f"({accepted})", "rebuild it with export.trt_min_size / trt_max_size / "
                             "trt_max_batch covering this shape")
-        out_shape = tuple(int(d) for d in self.context.get_tensor_shape(self.output_name))
-        output = np.empty(out_shape, self.output_dtype)
-        in_ptr = self._buffer(self.input_name, batch.nbytes)
-        out_ptr = self._buffer(self.output_name, output.nbytes)
-        self.context.set_tensor_address(self.input_name, in_ptr)
-        self.context.set_tensor_address(self.output_name, out_ptr)
+        self.context.set_tensor_address(self.input_name, self._buffer(self.input_name, batch.nbytes))
+        host: dict[str, np.ndarray] = {}
+        for name in self.outputs:  # every output needs device memory; only some come back
+            shape = tuple(int(d) for d in self.context.get_tensor_shape(name))
+            out = np.empty(shape, self.dtypes[name])
+            self.context.set_tensor_address(name, self._buffer(name, out.nbytes))
+            if name in outputs:
+                host[name] = out
         self.memory.to_device(self._buffers[self.input_name][0], batch)
         if not self.context.execute_async_v3(self.memory.stream_handle):
             raise RuntimeError(f"TensorRT failed to run {self.path.name} on shape {batch.shape}")
-        self.memory.to_host(output, self._buffers[self.output_name][0])
+        for name, out in host.items():
+            self.memory.to_host(out, self._buffers[name][0])
         self.memory.synchronize()
-        return output
+        return [host[name] for name in outputs]
 
     def close(self) -> None:
         """Free device buffers and the stream; the engine cannot run afterwards."""

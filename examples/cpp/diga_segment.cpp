@@ -2,13 +2,15 @@
 //
 // Labels an RGB PNG with a model exported by `diga export` (an OpenVINO IR, model.xml, or an
 // ONNX, model.onnx), as diga.runtime.Segmenter does in Python:
-//   1. read the model and the metadata diga stored inside it (class names, mean/std, the
-//      inference size it was trained at): rt_info section "diga" in an IR, the ONNX
-//      metadata_props (rt_info "framework") in an ONNX;
-//   2. resize the image to the inference size (bilinear, as Pillow computes it);
-//   3. normalise ((x / 255 - mean) / std, NCHW float32) and infer on the CPU;
-//   4. resize the logits back to the image's size (bilinear), take the argmax;
-//   5. write the train ids as an 8-bit grayscale PNG of the input's size.
+//   1. read the model and the metadata diga stored inside it (class names, palette, the
+//      inference size it was trained at, which frame graph it is): rt_info section "diga" in an
+//      IR, the ONNX metadata_props (rt_info "framework") in an ONNX;
+//   2. resize the image to the inference size (bilinear, as Pillow computes it: OpenVINO's CPU
+//      plugin has no antialiased resize, so the frame graph of an IR takes the resized image);
+//   3. infer on the CPU: the model normalises the image, runs the network, upsamples its logits
+//      to the image's size and takes the argmax itself (an IR; an ONNX frame graph, whose
+//      in-graph resize is onnxruntime's, gives its logits, upsampled here by the same rule);
+//   4. write the train ids as an 8-bit grayscale PNG of the input's size.
 // Embed it: copy the functions below; the model file is all an app needs besides OpenVINO.
 
 #include <png.h>
@@ -63,9 +65,8 @@ void write_png_gray(const std::string& path, const std::vector<uint8_t>& labels,
 struct Metadata {
   std::vector<std::string> class_names;
   std::vector<float> palette;  // (C, 3) RGB colours, for an app that draws the labels
-  std::vector<float> mean, std;
   int inference_h = 0, inference_w = 0;  // 0: each image runs at its own size
-  std::string input_kind, layout, output_kind;
+  std::string input_kind, frame;  // "frame"; "openvino" (an IR) or "onnxruntime" (an ONNX)
 };
 
 std::string rt_string(const std::shared_ptr<ov::Model>& model, const std::string& section,
@@ -106,19 +107,17 @@ Metadata read_metadata(const std::shared_ptr<ov::Model>& model) {
   m.palette = json_numbers(rt_string(model, section, "palette"));  // [[r, g, b], ...]
   if (m.palette.size() != m.class_names.size() * 3)
     throw std::runtime_error("the model's palette does not have a colour per class");
-  m.mean = json_numbers(rt_string(model, section, "mean"));
-  m.std = json_numbers(rt_string(model, section, "std"));
   m.input_kind = rt_string(model, section, "input_kind");
-  m.layout = rt_string(model, section, "layout");
-  m.output_kind = rt_string(model, section, "output_kind");
+  if (m.input_kind != "frame" || !model->has_rt_info(section, "frame"))
+    throw std::runtime_error("this app runs the frame graphs of 'diga export' (frames in, labels "
+                             "out); this model is '" + m.input_kind + "': export it again");
+  m.frame = rt_string(model, section, "frame");
+  if (m.frame != "openvino" && m.frame != "onnxruntime")
+    throw std::runtime_error("this app runs model.xml or model.onnx, not a '" + m.frame + "' graph");
   std::string size = model->has_rt_info(section, "inference_size")
                          ? rt_string(model, section, "inference_size") : "native";
   if (size != "native" && std::sscanf(size.c_str(), "%dx%d", &m.inference_h, &m.inference_w) != 2)
     throw std::runtime_error("bad inference_size '" + size + "' in the model");
-  if (m.input_kind != "float" || m.layout != "NCHW" || m.output_kind != "logits")
-    throw std::runtime_error("this app runs float NCHW models with logits out (the default "
-                             "'diga export'); this one is " + m.input_kind + " " + m.layout +
-                             " -> " + m.output_kind);
   return m;
 }
 
@@ -218,37 +217,44 @@ Image resize_rgb(const Image& in, int out_h, int out_w) {
   return cur;
 }
 
-// One float map (h, w) to (out_h, out_w), as Pillow resizes an "F" image: double sums stored
-// as float after each pass.
-std::vector<float> resize_map(const float* in, int h, int w, int out_h, int out_w) {
-  std::vector<float> cur(in, in + static_cast<size_t>(h) * w);
-  int cw = w;
-  if (out_w != w) {
-    Coeffs c = precompute(w, out_w);
-    std::vector<float> out(static_cast<size_t>(h) * out_w);
-    for (int y = 0; y < h; ++y)
-      for (int xx = 0; xx < out_w; ++xx) {
-        double ss = 0.0;
-        for (int x = 0; x < c.bounds[xx * 2 + 1]; ++x)
-          ss += cur[static_cast<size_t>(y) * cw + x + c.bounds[xx * 2]] * c.weights[static_cast<size_t>(xx) * c.ksize + x];
-        out[static_cast<size_t>(y) * out_w + xx] = static_cast<float>(ss);
+// Labels at (out_h, out_w) from logits (C, h, w) at the feature grid: bilinear with
+// align_corners, then the argmax: the rule the frame graph and `diga eval` use.
+std::vector<uint8_t> upsample_argmax(const float* logits, int classes, int h, int w, int out_h,
+                                     int out_w) {
+  auto axis = [](int n_in, int n_out, std::vector<int>& lo, std::vector<int>& hi,
+                 std::vector<float>& frac) {
+    const float ratio = static_cast<float>(n_in - 1) / static_cast<float>(std::max(n_out - 1, 1));
+    for (int i = 0; i < n_out; ++i) {
+      const float src = static_cast<float>(i) * ratio;
+      lo[i] = std::min(static_cast<int>(std::floor(src)), n_in - 1);
+      hi[i] = std::min(lo[i] + 1, n_in - 1);
+      frac[i] = src - static_cast<float>(lo[i]);
+    }
+  };
+  std::vector<int> y0(out_h), y1(out_h), x0(out_w), x1(out_w);
+  std::vector<float> wy(out_h), wx(out_w);
+  axis(h, out_h, y0, y1, wy);
+  axis(w, out_w, x0, x1, wx);
+  std::vector<float> best(static_cast<size_t>(out_h) * out_w, -INFINITY);
+  std::vector<uint8_t> labels(best.size(), 0);
+  for (int c = 0; c < classes; ++c) {
+    const float* z = logits + static_cast<size_t>(c) * h * w;
+    for (int y = 0; y < out_h; ++y) {
+      const float* r0 = z + static_cast<size_t>(y0[y]) * w;
+      const float* r1 = z + static_cast<size_t>(y1[y]) * w;
+      for (int x = 0; x < out_w; ++x) {
+        const float top = r0[x0[x]] + (r0[x1[x]] - r0[x0[x]]) * wx[x];
+        const float bottom = r1[x0[x]] + (r1[x1[x]] - r1[x0[x]]) * wx[x];
+        const float v = top + (bottom - top) * wy[y];
+        const size_t i = static_cast<size_t>(y) * out_w + x;
+        if (v > best[i]) {
+          best[i] = v;
+          labels[i] = static_cast<uint8_t>(c);
+        }
       }
-    cur = std::move(out);
-    cw = out_w;
+    }
   }
-  if (out_h != h) {
-    Coeffs c = precompute(h, out_h);
-    std::vector<float> out(static_cast<size_t>(out_h) * cw);
-    for (int yy = 0; yy < out_h; ++yy)
-      for (int x = 0; x < cw; ++x) {
-        double ss = 0.0;
-        for (int y = 0; y < c.bounds[yy * 2 + 1]; ++y)
-          ss += cur[static_cast<size_t>(y + c.bounds[yy * 2]) * cw + x] * c.weights[static_cast<size_t>(yy) * c.ksize + y];
-        out[static_cast<size_t>(yy) * cw + x] = static_cast<float>(ss);
-      }
-    cur = std::move(out);
-  }
-  return cur;
+  return labels;
 }
 
 // ---------------------------------------------------------------- the model
@@ -257,34 +263,31 @@ std::vector<uint8_t> segment(ov::CompiledModel& compiled, const Metadata& meta, 
   const int run_h = meta.inference_h ? meta.inference_h : image.height;
   const int run_w = meta.inference_w ? meta.inference_w : image.width;
   Image run = resize_rgb(image, run_h, run_w);
-  ov::Tensor input(ov::element::f32, {1, 3, static_cast<size_t>(run_h), static_cast<size_t>(run_w)});
-  float* x = input.data<float>();
-  const size_t plane = static_cast<size_t>(run_h) * run_w;
-  for (size_t i = 0; i < plane; ++i)
-    for (int c = 0; c < 3; ++c)
-      x[c * plane + i] = (run.data[i * 3 + c] / 255.0f - meta.mean[c]) / meta.std[c];
+  ov::Tensor input(ov::element::u8, {1, static_cast<size_t>(run_h), static_cast<size_t>(run_w), 3});
+  std::copy(run.data.begin(), run.data.end(), input.data<uint8_t>());
+  ov::Tensor sizes(ov::element::i64, {2});
   ov::InferRequest request = compiled.create_infer_request();
-  request.set_input_tensor(input);
-  request.infer();
-  const ov::Tensor logits = request.get_output_tensor();  // (1, C, h, w)
-  const ov::Shape shape = logits.get_shape();
-  const int classes = static_cast<int>(shape[1]), h = static_cast<int>(shape[2]), w = static_cast<int>(shape[3]);
-  const float* data = logits.data<const float>();
-  const size_t out_plane = static_cast<size_t>(image.height) * image.width;
-  std::vector<float> best(out_plane, -INFINITY);
-  std::vector<uint8_t> labels(out_plane, 0);
-  for (int c = 0; c < classes; ++c) {  // argmax over classes of the resized logits
-    const float* map = data + static_cast<size_t>(c) * h * w;
-    std::vector<float> up = (h == image.height && w == image.width)
-                                ? std::vector<float>(map, map + out_plane)
-                                : resize_map(map, h, w, image.height, image.width);
-    for (size_t i = 0; i < out_plane; ++i)
-      if (up[i] > best[i]) {
-        best[i] = up[i];
-        labels[i] = static_cast<uint8_t>(c);
-      }
+  request.set_tensor("image", input);
+  if (meta.frame == "openvino") {  // labels at the frame's size, made in the model
+    sizes.data<int64_t>()[0] = image.height;
+    sizes.data<int64_t>()[1] = image.width;
+    request.set_tensor("out_size", sizes);
+    request.infer();
+    const ov::Tensor labels = request.get_tensor("labels");  // (1, H, W) uint8
+    const uint8_t* data = labels.data<const uint8_t>();
+    return std::vector<uint8_t>(data, data + labels.get_size());
   }
-  return labels;
+  // an ONNX frame graph given the resized image: run_size 0x0 keeps it as it is (its own
+  // antialiased resize is onnxruntime's); its feature-grid logits, upsampled here
+  sizes.data<int64_t>()[0] = 0;
+  sizes.data<int64_t>()[1] = 0;
+  request.set_tensor("run_size", sizes);
+  request.infer();
+  const ov::Tensor logits = request.get_tensor("logits");  // (1, C, h, w)
+  const ov::Shape shape = logits.get_shape();
+  return upsample_argmax(logits.data<const float>(), static_cast<int>(shape[1]),
+                         static_cast<int>(shape[2]), static_cast<int>(shape[3]), image.height,
+                         image.width);
 }
 
 }  // namespace
