@@ -16,11 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from diga.checkpoint import META_FILE, Checkpoint, config_for_model, resolve_checkpoint
 from diga.config import Config
-from diga.data.datasets import build_dataset
+from diga.data.samples import build_reader
 from diga.errors import UserError
 from diga.export.formats import BENCH_BACKENDS, FORMATS, ExportFormat, format_of_file
 from diga.protocols import label_protocol
@@ -65,7 +64,7 @@ def expand_models(models: list[Path], overrides: list[str]) -> list[ModelGroup]:
     Raises:
         UserError: a path that does not exist or is no model.
     """
-    from diga.export.pipeline import default_out_dir
+    from diga.checkpoint import default_export_dir
 
     seen: set[Path] = set()
     groups = []
@@ -89,7 +88,7 @@ def expand_models(models: list[Path], overrides: list[str]) -> list[ModelGroup]:
             entries = [ModelEntry(ckpt.folder, FORMATS["torch"], cfg, ckpt.folder)]
             is_run = not (arg / META_FILE).is_file()
             if is_run:
-                export_dir = default_out_dir(arg)
+                export_dir = default_export_dir(arg)
                 source = _checkpoint_of_export(export_dir) or ckpt
                 entries += [ModelEntry(f, format_of_file(f), cfg, source.folder)
                             for f in exported_files(export_dir)]
@@ -127,37 +126,40 @@ def _checkpoint_of_export(folder: Path) -> Checkpoint | None:
 class TargetSet:
     """The first N target val items at their own size, as a camera gives them to an app.
 
-    Items are kept in memory up to ``cache_bytes`` (the whole demo set) and read again from the
-    dataset beyond that (full-size Cityscapes), so memory stays bounded for any ``max_images``.
+    Items are kept in memory up to ``cache_bytes`` (the whole demo set) and read again from disk
+    beyond that (full-size Cityscapes), so memory stays bounded for any ``max_images``.
     """
 
     def __init__(self, cfg: Config, cache_bytes: int = 512 * 2**20) -> None:
         # labels in the finest protocol the layout holds: each model is scored by class name
         self.protocol = label_protocol(cfg.data.target.kind, cfg.num_classes)
         self.data_classes = cfg.num_classes
-        self.dataset = build_dataset(cfg, "target", "val", train=False, native=True,
-                                     classes=self.protocol.num_classes)
+        self.reader = build_reader(cfg, "target", "val", classes=self.protocol.num_classes)
         limit = cfg.bench.max_images
-        self.count = len(self.dataset) if limit is None else min(limit, len(self.dataset))
-        self.has_labels = self.dataset.has_labels
+        self.count = len(self.reader) if limit is None else min(limit, len(self.reader))
+        self.has_labels = self.reader.has_labels
         self.cache_bytes = cache_bytes
-        self._cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         self._cached = 0
 
-    def item(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """uint8 image (3, H, W) and uint8 label (H, W), both at their own size."""
+    def item(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """RGB uint8 image (H, W, 3) and uint8 label (H, W), both at their own size."""
         if i in self._cache:
             return self._cache[i]
-        it = self.dataset[i]
-        pair = (it["image"], it["label"])
-        size = pair[0].numel() + pair[1].numel()
+        from diga.data.classes import IGNORE_INDEX
+
+        image, label = self.reader.load(i)
+        if label is None:
+            label = np.full(image.shape[:2], IGNORE_INDEX, np.uint8)
+        pair = (np.ascontiguousarray(image), label)
+        size = pair[0].nbytes + pair[1].nbytes
         if self._cached + size <= self.cache_bytes:
             self._cache[i] = pair
             self._cached += size
         return pair
 
     def hwc(self, i: int) -> np.ndarray:
-        return self.item(i)[0].permute(1, 2, 0).numpy()  # (H, W, 3) RGB uint8
+        return self.item(i)[0]  # (H, W, 3) RGB uint8
 
     def label_size(self, i: int) -> tuple[int, int]:
         return tuple(self.item(i)[1].shape[-2:])  # type: ignore[return-value]

@@ -33,7 +33,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from diga.benchmarks.discovery import (
     ModelEntry,
@@ -154,12 +153,18 @@ def measure_row(entry: ModelEntry, backend: str, ctx: BenchContext,
     except UserError as exc:  # no GPU, no TensorRT, no such provider, run.device=cuda on a CPU
         row["status"] = f"unavailable: {exc}"
         return row
+    except ModuleNotFoundError as exc:  # a checkpoint in a runtime-only install
+        row["status"] = (f"unavailable: running a checkpoint needs {exc.name}, which is not "
+                         "installed; pip install 'diga[train]'")
+        return row
     except Exception as exc:  # a file the runtime cannot load is this row's failure, not the bench's
         row["status"] = f"error: {_one_line(exc)}"
         return row
-    row["provider"], row["device"] = runner.provider, runner.device.type
-    torch_gpu = backend == "torch" and runner.device.type == "cuda"
+    row["provider"], row["device"] = runner.provider, runner.device
+    torch_gpu = backend == "torch" and runner.device == "cuda"
     if torch_gpu:
+        import torch
+
         torch.cuda.reset_peak_memory_stats(runner.device)  # the peak starts at the weights
     try:
         _measure_speed(runner, entry, row, ctx)
@@ -232,7 +237,7 @@ def _measure_accuracy(runner: TorchRunner | RuntimeRunner, entry: ModelEntry,
         row["notes"] += list(scoring.notes)
         conf = np.zeros((scoring.size, scoring.size), np.int64)
         for i, pred in enumerate(preds):
-            label = target.item(i)[1].numpy()
+            label = target.item(i)[1]
             conf += scoring.confusion(pred.astype(np.int64), label.astype(np.int64))
         metrics = scoring.metrics(conf)
         row["miou"], row["pixel_acc"] = metrics.miou, metrics.pixel_acc

@@ -88,10 +88,11 @@ def machine_line(result: dict[str, Any]) -> str:
     m = result["machine"]
     gpu = f", GPU {m['gpu']}" if m.get("gpu") else ", no GPU"
     threads = m["torch_threads"]
-    return (f"{m['cpu']} ({m['cpu_count']} CPUs; torch runs {threads} thread"
-            f"{'' if threads == 1 else 's'}){gpu}; float32 matmul peak "
+    torch_line = (f"torch runs {threads} thread{'' if threads == 1 else 's'}" if threads
+                  else "no torch")
+    return (f"{m['cpu']} ({m['cpu_count']} CPUs; {torch_line}){gpu}; float32 matmul peak "
             f"{_num(m.get('matmul_gflops'), 1)} GFLOP/s (n={m['matmul_size']}, "
-            f"{m.get('matmul_threads', '?')} threads); torch {m['torch']}, "
+            f"{m.get('matmul_threads', '?')} threads); torch {m['torch'] or '-'}, "
             f"onnxruntime {m['onnxruntime']}")
 
 
@@ -121,7 +122,7 @@ def print_table(result: dict[str, Any], console: Console) -> None:
         console.print(f"  [dim]{escape(line)}[/]", highlight=False, soft_wrap=True)
 
 
-def to_markdown(result: dict[str, Any]) -> str:
+def to_markdown(result: dict[str, Any], plot: bool = True) -> str:
     flops = {short_model(r): r["flops_per_image"] for r in result["rows"] if r["flops_per_image"]}
     lines = ["# diga bench", "", f"Run {result['created']} on {machine_line(result)}.", ""]
     load, cpus = result["machine"].get("load_average_1m"), result["machine"].get("cpu_count")
@@ -153,7 +154,8 @@ def to_markdown(result: dict[str, Any]) -> str:
     notes = reasons(result)
     if notes:
         lines += ["## Rows not measured, and notes", ""] + [f"- {n}" for n in notes] + [""]
-    lines += ["![latency](latency.png)", ""]
+    if plot:
+        lines += ["![latency](latency.png)", ""]
     return "\n".join(lines)
 
 
@@ -202,6 +204,11 @@ def write_reports(result: dict[str, Any], out_dir: Path) -> dict[str, Path]:
     paths = {"json": out_dir / "bench.json", "markdown": out_dir / "bench.md",
              "plot": out_dir / "latency.png"}
     atomic_write_json(paths["json"], result)
-    atomic_write_text(paths["markdown"], to_markdown(result))
-    plot_latency(result, paths["plot"])
+    try:
+        import matplotlib  # noqa: F401  (a runtime-only install may lack it: no plot then)
+    except ImportError:
+        del paths["plot"]
+    atomic_write_text(paths["markdown"], to_markdown(result, plot="plot" in paths))
+    if "plot" in paths:
+        plot_latency(result, paths["plot"])
     return paths

@@ -17,16 +17,17 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from diga.benchmarks.discovery import TargetSet
 from diga.config import Config
-from diga.device import select_device
 from diga.runtime import Segmenter, model_input_size, prepare_batch, to_model_size
 from diga.runtime.preprocess import TRAINED, RunSize
+
+if TYPE_CHECKING:  # torch for checkpoints' rows only: files bench in a runtime-only install
+    import torch
 
 
 def time_loop(fn: Callable[[], Any], warmup: int, budget_s: float, min_iters: int,
@@ -73,6 +74,10 @@ def rss_mb(field: str = "VmHWM") -> float:
 
 
 def _gpu_used_mb() -> float | None:
+    try:
+        import torch
+    except ImportError:
+        return None
     if not torch.cuda.is_available():
         return None
     free, total = torch.cuda.mem_get_info()
@@ -87,11 +92,15 @@ class TorchRunner:
     scale (or ``bench.input_size``)."""
 
     def __init__(self, folder: Path, cfg: Config, compile: bool = False) -> None:
+        import torch
+
+        from diga.device import select_device
         from diga.train.evaluate import TorchSegmenter
 
         self.cfg = cfg
-        self.device = select_device(cfg.run.device)
-        self.segmenter = TorchSegmenter(folder, self.device, cfg.bench.input_size or TRAINED)
+        self.torch_device = select_device(cfg.run.device)
+        self.device = self.torch_device.type  # "cpu" / "cuda"
+        self.segmenter = TorchSegmenter(folder, self.torch_device, cfg.bench.input_size or TRAINED)
         self.eager = self.segmenter.model
         self.model = torch.compile(self.eager) if compile else self.eager
         self.segmenter.model = self.model
@@ -104,7 +113,9 @@ class TorchRunner:
         return model_input_size(self.info, image_size, self.segmenter.size)
 
     def _sync(self) -> None:
-        if self.device.type == "cuda":
+        if self.device == "cuda":
+            import torch
+
             torch.cuda.synchronize()
 
     def segment(self, frames: list[np.ndarray]) -> list[np.ndarray]:
@@ -113,13 +124,13 @@ class TorchRunner:
         self._sync()
         return out
 
-    @torch.inference_mode()
     def stages(self, frame: np.ndarray) -> Stages:
+        import torch
         import torch.nn.functional as F
 
         def pre() -> torch.Tensor:
             resized = to_model_size(frame, self.info, self.segmenter.size)
-            return torch.from_numpy(prepare_batch([resized], self.info)).to(self.device)
+            return torch.from_numpy(prepare_batch([resized], self.info)).to(self.torch_device)
 
         x = pre()
 
@@ -160,7 +171,7 @@ class RuntimeRunner:
         self.seg = Segmenter(path, backend=backend, size=size, hint=hint)
         self.info = self.seg.info
         self.provider = self.seg.provider
-        self.device = torch.device("cpu" if self.seg.backend in ("cpu", "openvino") else "cuda")
+        self.device = "cpu" if self.seg.backend in ("cpu", "openvino") else "cuda"
         self.static = not self.info.dynamic
 
     def run_size(self, image_size: tuple[int, int]) -> tuple[int, int]:
@@ -208,8 +219,11 @@ class RuntimeRunner:
         return [self.seg(target.hwc(i), out_size=target.label_size(i)) for i in range(target.count)]
 
     def flops_graph(self) -> torch.nn.Module | None:
-        from diga.export.onnx_export import ExportWrapper
-        from diga.models import build_model
+        try:
+            from diga.export.onnx_export import ExportWrapper
+            from diga.models import build_model
+        except ImportError:  # a runtime-only install: no torch to count FLOPs with
+            return None
 
         name = self.info.provenance.get("model")
         float_info = self.info.replace(input_kind="float", output_kind="logits", layout="NCHW",

@@ -11,6 +11,11 @@ from typer.core import TyperGroup
 from diga.cli.common import err_console, print_error
 from diga.errors import RunStopped, UserError
 
+# what the train extra adds to the runtime install: import name -> what it is
+TRAINING_PACKAGES = {"torch": "PyTorch", "torchvision": "torchvision", "kornia": "kornia",
+                     "safetensors": "safetensors", "onnx": "onnx", "onnxscript": "onnxscript",
+                     "png": "pypng", "matplotlib": "matplotlib"}
+
 
 class DigaGroup(TyperGroup):
     """Turns a ``UserError`` from any verb into one printed line and exit code 1, and a run
@@ -21,6 +26,15 @@ class DigaGroup(TyperGroup):
             return super().invoke(ctx)
         except UserError as exc:
             print_error(exc)
+            raise typer.Exit(1) from None
+        except ModuleNotFoundError as exc:  # a runtime-only install (pip install diga)
+            package = (exc.name or "").split(".")[0]
+            if package not in TRAINING_PACKAGES:
+                raise
+            print_error(UserError(
+                f"this command needs {TRAINING_PACKAGES[package]}, which is not installed (the "
+                "runtime install runs exported models only)",
+                "pip install 'diga[train]' for training, evaluation of checkpoints and export"))
             raise typer.Exit(1) from None
         except RunStopped as exc:  # SIGTERM / Ctrl-C: checkpointed; rank 0 says where
             from diga.train.distributed import current

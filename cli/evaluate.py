@@ -41,20 +41,21 @@ def eval_command(
       diga eval runs/warmup --classes 19,16,13 --json runs/warmup/eval.json
       diga eval runs/selftrain/round2/export/model.int8.onnx
     """
+    from diga.protocols import parse_protocols
+    from diga.runtime.segmenter import MODEL_FILE_SUFFIXES
+
+    requested = parse_protocols(classes)
+    if model.suffix.lower() in MODEL_FILE_SUFFIXES:  # the runtime: no torch needed
+        return _evaluate_file(model, overrides or [], json_path, native_size, requested)
     from diga.checkpoint import load_model
     from diga.config import saved_config_with
     from diga.data.datasets import build_dataset
     from diga.device import select_device
     from diga.errors import UserError
     from diga.io import atomic_write_json
-    from diga.protocols import label_protocol, model_classes, parse_protocols, plan_scoring
+    from diga.protocols import label_protocol, model_classes, plan_scoring
     from diga.train.evaluate import evaluate
 
-    requested = parse_protocols(classes)
-    from diga.runtime.segmenter import MODEL_FILE_SUFFIXES
-
-    if model.suffix.lower() in MODEL_FILE_SUFFIXES:
-        return _evaluate_file(model, overrides or [], json_path, native_size, requested)
     net, saved, ckpt = load_model(model, "cpu")
     cfg = saved_config_with(saved, overrides, "run config")
     labels = label_protocol(cfg.data.target.kind, cfg.num_classes)

@@ -7,7 +7,10 @@ A checkpoint is a folder ``checkpoints/<name>/`` with
   ``state.pt``            step, optimiser state, RNG states; read with ``weights_only=True``
   ``meta.json``           stage, step, resolved config, metrics: readable without torch
 The folder is written as a temp folder, fsynced, read back and renamed (``save_checkpoint``),
-so a killed run, a full disk or a power cut leaves the previous checkpoint whole.
+so a killed run, a full disk or a power cut leaves the previous checkpoint whole. torch and
+safetensors are imported where tensors are read or written: finding checkpoints and reading
+their meta (``config_for_model`` for a model file, ``META_FILE``) works in a runtime-only
+install.
 """
 
 from __future__ import annotations
@@ -17,21 +20,26 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
-
-import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
+from typing import TYPE_CHECKING, Any
 
 from diga.errors import UserError
 from diga.io import file_sha256, fsync_dir, fsync_file, write_error
-from diga.models.weights import read_weights
+
+if TYPE_CHECKING:
+    import torch
 
 MODEL_FILE = "model.safetensors"
 TEACHER_FILE = "teacher.safetensors"
 EXTRA_FILE = "extra.safetensors"
 STATE_FILE = "state.pt"
 META_FILE = "meta.json"
+
+
+def save_file(tensors: dict[str, torch.Tensor], path: str, metadata: dict | None = None) -> None:
+    """safetensors' writer, imported when a checkpoint is written."""
+    from safetensors.torch import save_file as write
+
+    write(tensors, path, metadata=metadata)
 
 
 def _contiguous(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -59,6 +67,8 @@ def save_checkpoint(
         UserError: a full disk or a read-only / forbidden folder; the previous checkpoint is
             left as it was.
     """
+    import torch
+
     folder = Path(folder)
     old = folder.parent / f".{folder.name}.old"
     tmp = None
@@ -106,6 +116,9 @@ def verify_checkpoint(folder: Path) -> None:
     Raises:
         UserError: a file does not read back (the checkpoint is not swapped in).
     """
+    import torch
+    from safetensors import SafetensorError, safe_open
+
     try:
         for name in (MODEL_FILE, TEACHER_FILE, EXTRA_FILE):
             if (folder / name).exists():
@@ -159,17 +172,25 @@ class Checkpoint:
         return self.meta["config"]
 
     def model(self) -> dict[str, torch.Tensor]:
+        from diga.models.weights import read_weights
+
         return read_weights(self.folder / MODEL_FILE)
 
     def teacher(self) -> dict[str, torch.Tensor] | None:
+        from diga.models.weights import read_weights
+
         path = self.folder / TEACHER_FILE
         return read_weights(path) if path.exists() else None
 
     def extra(self) -> dict[str, torch.Tensor]:
+        from diga.models.weights import read_weights
+
         path = self.folder / EXTRA_FILE
         return read_weights(path) if path.exists() else {}
 
     def state(self) -> dict[str, Any]:
+        import torch
+
         path = self.folder / STATE_FILE
         if not path.exists():
             raise UserError(f"checkpoint {self.folder} has no training state ({STATE_FILE}), so it "
@@ -264,3 +285,13 @@ def config_for_model(path: Path, overrides: list[str] | None = None):
         return load_config("demo", overrides)
     base = resolve_checkpoint(path).config
     return saved_config_with(base, overrides, "checkpoint config")
+
+
+def default_export_dir(model_path: Path) -> Path:
+    """Where ``diga export`` writes by default: ``<run>/export`` for a run directory or one of
+    its checkpoints, else ``<folder>/export``."""
+    model_path = Path(model_path)
+    ckpt = resolve_checkpoint(model_path).folder
+    if ckpt.parent.name == "checkpoints":
+        return ckpt.parent.parent / "export"
+    return model_path / "export"

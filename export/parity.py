@@ -14,17 +14,19 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from diga.config import Config
 from diga.data.classes import class_protocol
-from diga.data.datasets import build_dataset
+from diga.data.samples import build_reader
 from diga.protocols import label_protocol, plan_scoring
 from diga.runtime import Segmenter
 from diga.runtime.preprocess import TRAINED, RunSize
+
+if TYPE_CHECKING:  # torch for the PyTorch side of parity only: eval of a file runs without it
+    import torch
 
 
 @dataclass
@@ -45,8 +47,7 @@ class TargetImages(Sequence[TargetImage]):
         self.protocol = (label_protocol(cfg.data.target.kind, cfg.num_classes) if finest
                          else class_protocol(cfg.num_classes))
         self.data_classes = cfg.num_classes
-        self.dataset = build_dataset(cfg, "target", split, train=False, native=True,
-                                     classes=self.protocol.num_classes)
+        self.dataset = build_reader(cfg, "target", split, classes=self.protocol.num_classes)
         n = len(self.dataset) if count is None else min(count, len(self.dataset))
         self.indices = [int(i) for i in np.linspace(0, len(self.dataset) - 1, n).round()] if n else []
 
@@ -58,10 +59,13 @@ class TargetImages(Sequence[TargetImage]):
         return len(self.indices)
 
     def __getitem__(self, i: int) -> TargetImage:  # type: ignore[override]
+        from diga.data.classes import IGNORE_INDEX
+
         index = self.indices[i]
-        item = self.dataset[index]
-        return TargetImage(image=item["image"].permute(1, 2, 0).numpy(),
-                           label=item["label"].numpy(), name=self.dataset.samples[index].name)
+        image, label = self.dataset.load(index)
+        if label is None:
+            label = np.full(image.shape[:2], IGNORE_INDEX, np.uint8)
+        return TargetImage(image=image, label=label, name=self.dataset.samples[index].name)
 
 
 def target_images(cfg: Config, split: str, count: int | None,
@@ -85,12 +89,12 @@ class ParityReport:
         return asdict(self)
 
 
-@torch.no_grad()
 def torch_frame_labels(model: torch.nn.Module, info: Any, frame: np.ndarray,
                        run_size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     """PyTorch's labels for an RGB uint8 frame by ``diga eval``'s rule, and its feature-grid
     logits (C, h, w): the frame resized to ``run_size`` with the runtime's function,
     normalised, the model, logits upsampled (align_corners) to the frame's size, argmax."""
+    import torch
     import torch.nn.functional as F
 
     from diga.data.datasets import normalize
@@ -98,12 +102,12 @@ def torch_frame_labels(model: torch.nn.Module, info: Any, frame: np.ndarray,
 
     x = torch.from_numpy(np.ascontiguousarray(resize_rgb(frame, run_size))).permute(2, 0, 1)[None]
     param = next(model.parameters())
-    logits = model(normalize(x.to(param.device), info.mean, info.std)).logits
-    labels = F.interpolate(logits, size=frame.shape[:2], mode="bilinear", align_corners=True)
+    with torch.no_grad():
+        logits = model(normalize(x.to(param.device), info.mean, info.std)).logits
+        labels = F.interpolate(logits, size=frame.shape[:2], mode="bilinear", align_corners=True)
     return labels.argmax(1)[0].to(torch.uint8).cpu().numpy(), logits[0].float().cpu().numpy()
 
 
-@torch.no_grad()
 def check_frame_parity(model: torch.nn.Module, model_path: Path,
                        images: Sequence[TargetImage], backend: str = "cpu") -> ParityReport:
     """Compare a frame graph with PyTorch on target frames at their own size.
@@ -140,13 +144,14 @@ def check_frame_parity(model: torch.nn.Module, model_path: Path,
                         max_abs_logit=max_ref)
 
 
-@torch.no_grad()
 def check_parity(reference: torch.nn.Module, model_path: Path, images: Sequence[TargetImage],
                  backend: str = "cpu") -> ParityReport:
-    """Compare ``reference`` (the exported wrapper, float32 PyTorch) with an exported model.
-
-    Both get the identical input tensor, the runtime's preprocessing of each image.
+    """Compare ``reference`` (the exported wrapper, float32 PyTorch) with an exported model of
+    the network alone. Both get the identical input tensor, the runtime's preprocessing of each
+    image.
     """
+    import torch
+
     reference = reference.eval()
     agree = total = 0
     max_diff = max_ref = 0.0
@@ -156,7 +161,8 @@ def check_parity(reference: torch.nn.Module, model_path: Path, images: Sequence[
         for item in images:
             batch, _ = seg.prepare([item.image])
             got = seg.run(batch)
-            ref = reference(torch.from_numpy(batch)).numpy()
+            with torch.no_grad():
+                ref = reference(torch.from_numpy(batch)).numpy()
             if logits:
                 diff = np.abs(ref.astype(np.float32) - got.astype(np.float32))
                 max_diff = max(max_diff, float(diff.max()))

@@ -18,7 +18,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from diga.checkpoint import load_model, resolve_checkpoint
+from diga.checkpoint import default_export_dir as default_out_dir
+from diga.checkpoint import load_model
 from diga.config import Config, saved_config_with
 from diga.errors import UserError
 from diga.export.formats import FORMATS, ExportFormat, formats_for_flags
@@ -67,15 +68,6 @@ class ExportSummary:
     opset: int = 0
     info: ModelInfo | None = None
     notes: list[str] = field(default_factory=list)
-
-
-def default_out_dir(model_path: Path) -> Path:
-    """``<run>/export`` for a run directory or one of its checkpoints, else ``<folder>/export``."""
-    model_path = Path(model_path)
-    ckpt = resolve_checkpoint(model_path).folder
-    if ckpt.parent.name == "checkpoints":
-        return ckpt.parent.parent / "export"
-    return model_path / "export"
 
 
 def export_checkpoint(model_path: Path, overrides: list[str] | None = None,

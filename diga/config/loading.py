@@ -179,8 +179,10 @@ def config_from_dict(data: dict[str, Any]) -> Config:
 
 
 def _check_model_name(cfg: Config) -> None:
-    from diga.models import available_models  # torch-heavy: only where a config is built
-
+    try:
+        from diga.models import available_models  # torch-heavy: only where a config is built
+    except ModuleNotFoundError:  # a runtime-only install builds no model: nothing to check
+        return
     names = available_models()
     if cfg.model.name not in names:
         close = difflib.get_close_matches(cfg.model.name, names, n=1)

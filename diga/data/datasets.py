@@ -9,10 +9,8 @@ hands each item a seed, so a resumed run sees exactly the batches an uninterrupt
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -20,9 +18,8 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from diga.config import Config, DomainData
-from diga.data.classes import IGNORE_INDEX, class_protocol
-from diga.data.layouts import LabelDecoder, Sample, find_samples, read_image
-from diga.errors import UserError
+from diga.data.classes import IGNORE_INDEX
+from diga.data.samples import SampleReader, builtin_spec, warm_builtin_cache
 from diga.runtime.preprocess import resize_rgb, scale_views
 
 
@@ -86,8 +83,9 @@ def _random_crop(image: torch.Tensor, label: torch.Tensor, crop: tuple[int, int]
     return image[:, y : y + ch, x : x + cw], label[..., y : y + ch, x : x + cw]
 
 
-class SegDataset(Dataset):
-    """A split of one domain: files on disk or the built-in benchmark, same items either way.
+class SegDataset(SampleReader, Dataset):
+    """A split of one domain as training and evaluation read it: ``SampleReader``'s images and
+    labels through a joint transform, as tensors.
 
     ``__getitem__`` takes an index, or ``(index, seed)`` pairs from ``InfiniteSampler``.
     """
@@ -95,51 +93,11 @@ class SegDataset(Dataset):
     def __init__(self, domain: DomainData, split: str, num_classes: int, transform: JointTransform,
                  builtin=None, key: str = "data", with_labels: bool = True,
                  view_scales: tuple[float, ...] = (), stored_classes: int | None = None) -> None:
-        self.kind = domain.kind
+        super().__init__(domain, split, num_classes, builtin, key, with_labels, stored_classes)
         # evaluation only: items carry "views", the image at these scales of its run size, each
         # resized from the image itself (a 2x view has the detail of the full-size image)
         self.view_scales = tuple(s for s in view_scales if s != 1.0)
-        self.split = split
         self.transform = transform
-        self.with_labels = with_labels
-        self.protocol = class_protocol(num_classes)
-        if domain.kind == "builtin":
-            self.spec = builtin
-            self.builtin_domain = domain.builtin_domain or (
-                "source" if key.endswith("source") else "target")
-            n = builtin.count(self.builtin_domain, split)
-            self.samples = [Sample(Path(f"{self.builtin_domain}_{split}_{i:05d}.png"), None,
-                                   f"{self.builtin_domain}_{split}_{i:05d}.png") for i in range(n)]
-        else:
-            self.samples = find_samples(domain.kind, domain.root, split, f"{key}.root")
-            self.decoder = LabelDecoder(domain.kind, self.protocol,
-                                        class_protocol(stored_classes or num_classes))
-        if not self.samples:
-            raise UserError(f"{key}: split '{split}' of {domain.kind} at {domain.root} is empty",
-                            f"check {key}.root and {key}.{'train' if split != 'val' else 'val'}_split")
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    @property
-    def has_labels(self) -> bool:
-        return self.kind == "builtin" or all(s.label is not None for s in self.samples)
-
-    def load(self, index: int) -> tuple[np.ndarray, np.ndarray | None]:
-        """Image uint8 (H, W, 3) and train-id label (H, W) or None, before transforms."""
-        if self.kind == "builtin":
-            image, label19 = _builtin_scene(self.spec, self.builtin_domain, self.split, index)
-            return image, self.protocol.train19_to_train[label19]
-        sample = self.samples[index]
-        image = read_image(sample.image)
-        if sample.label is None or not self.with_labels:
-            return image, None
-        label = self.decoder.decode(sample.label)
-        if label.shape != image.shape[:2]:
-            raise UserError(f"label {sample.label} is {label.shape[1]}x{label.shape[0]} but its image "
-                            f"is {image.shape[1]}x{image.shape[0]} (WxH)",
-                            "labels must have their image's size; 'diga data check' lists all")
-        return image, label
 
     def __getitem__(self, item: int | tuple[int, int]) -> dict[str, torch.Tensor | int]:
         index, seed = item if isinstance(item, tuple) else (item, 0)
@@ -157,23 +115,6 @@ class SegDataset(Dataset):
                             for s, v in views.items()}
         out["image"], out["label"] = self.transform(image, label, seed)
         return out
-
-
-@functools.lru_cache(maxsize=4096)
-def _builtin_scene(spec, domain: str, split: str, index: int) -> tuple[np.ndarray, np.ndarray]:
-    """Generated once per process: the stages of one process (the demo) share the scenes, and
-    DataLoader workers forked after ``warm_builtin_cache`` inherit them."""
-    from diga.data.builtin import generate_scene
-
-    return generate_scene(spec, domain, split, index)  # callers never write into these arrays
-
-
-def warm_builtin_cache(dataset: Dataset) -> None:
-    """Generate every scene of a built-in split in this process, before workers fork."""
-    base = getattr(dataset, "base", dataset)
-    if getattr(base, "kind", None) == "builtin":
-        for index in range(len(base)):
-            _builtin_scene(base.spec, base.builtin_domain, base.split, index)
 
 
 class InfiniteSampler(Sampler):
@@ -224,14 +165,10 @@ def build_dataset(cfg: Config, domain: str, split: str, train: bool, native: boo
                                    scale_range=cfg.data.scale_range, flip=cfg.data.flip)
     else:
         transform = JointTransform(resize=None if native else dom.resize, train=False)
-    from diga.data.builtin import BuiltinSpec
-
-    b = cfg.data.builtin
-    spec = BuiltinSpec(seed=b.seed, size=tuple(b.size), source_train=b.source_train,
-                       target_train=b.target_train, target_val=b.target_val)
     return SegDataset(dom, split_name if dom.kind != "builtin" else split,
-                      classes or cfg.num_classes, transform, builtin=spec, key=f"data.{domain}",
-                      view_scales=() if train else tuple(scales), stored_classes=cfg.num_classes)
+                      classes or cfg.num_classes, transform, builtin=builtin_spec(cfg),
+                      key=f"data.{domain}", view_scales=() if train else tuple(scales),
+                      stored_classes=cfg.num_classes)
 
 
 def infinite_loader(dataset: SegDataset, batch_size: int, seed: int, start_step: int,
