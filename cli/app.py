@@ -27,6 +27,14 @@ class DigaGroup(TyperGroup):
         except UserError as exc:
             print_error(exc)
             raise typer.Exit(1) from None
+        except OSError as exc:  # a write no guarded path caught: a full disk, a read-only mount
+            from diga.io import os_write_error
+
+            error = os_write_error(exc)
+            if error is None:
+                raise
+            print_error(error)
+            raise typer.Exit(1) from None
         except ModuleNotFoundError as exc:  # a runtime-only install (pip install diga)
             package = (exc.name or "").split(".")[0]
             if package not in TRAINING_PACKAGES:

@@ -248,9 +248,14 @@ def _predict_video(predictor: Any, source: str, base: Path, look: Look, batch: i
                             outputs.write(frame.index, frame.time, frame.image, prediction)
                     bar.update(task, advance=len(chunk),
                                rate=_rate(timer, outputs.frames, "frames"))
-        finally:
-            with timer("outputs"):
-                written = outputs.close()
+        except KeyboardInterrupt:  # how a webcam or a stream stops: the frames so far, complete
+            outputs.close()
+            raise
+        except BaseException:  # a full disk, a broken stream: nothing half-written stays
+            outputs.abort()
+            raise
+        with timer("outputs"):
+            written = outputs.close()
     console.print(f"{source}: {timer.line(outputs.frames, 'frames')} -> "
                   + ", ".join(str(p) for p in written), highlight=False, soft_wrap=True)
     timer.frames = outputs.frames

@@ -3,6 +3,7 @@ and URLs; each image's and each video's outputs; the time each part takes."""
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import os
@@ -223,8 +224,9 @@ class VideoOutputs:
                 self._writers[final] = VideoWriter(final.with_name(f".{final.name}.partial.mp4"),
                                                    fps, size)
         self._jsonl = base.with_name(f"{base.name}.jsonl")
+        self._partial_jsonl = base.with_name(f".{base.name}.partial.jsonl")
         self._jsonl.parent.mkdir(parents=True, exist_ok=True)
-        self._lines = self._jsonl.open("w")
+        self._lines = self._partial_jsonl.open("w")
 
     def write(self, index: int, time_s: float | None, rgb: np.ndarray,
               prediction: Prediction) -> None:
@@ -243,11 +245,24 @@ class VideoOutputs:
         self.frames += 1
 
     def close(self) -> list[Path]:
-        """Finish the videos and put them in place; the files written."""
-        self._lines.close()
-        done = [self._jsonl]
+        """Finish the videos and the JSON lines and put them in place (complete files of the
+        frames so far: also after Ctrl-C); the files written."""
+        try:
+            self._lines.close()
+            for writer in self._writers.values():
+                writer.close()
+        except BaseException:  # a full disk while flushing: no file half-written in place
+            self.abort()
+            raise
+        os.replace(self._partial_jsonl, self._jsonl)
         for final, writer in self._writers.items():
-            writer.close()
             os.replace(writer.path, final)
-            done.append(final)
-        return done
+        return [self._jsonl, *self._writers]
+
+    def abort(self) -> None:
+        """After an error (a full disk): remove the partial files; none is taken as complete."""
+        for closing in (self._lines.close, *(w.close for w in self._writers.values())):
+            with contextlib.suppress(Exception):  # a full disk fails the flush too
+                closing()
+        for partial in (self._partial_jsonl, *(w.path for w in self._writers.values())):
+            partial.unlink(missing_ok=True)

@@ -16,14 +16,13 @@ install.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from diga.errors import UserError
-from diga.io import file_sha256, fsync_dir, fsync_file, write_error
+from diga.io import file_sha256, fsync_dir, fsync_file, replace_folder, write_error
 
 if TYPE_CHECKING:
     import torch
@@ -36,10 +35,23 @@ META_FILE = "meta.json"
 
 
 def save_file(tensors: dict[str, torch.Tensor], path: str, metadata: dict | None = None) -> None:
-    """safetensors' writer, imported when a checkpoint is written."""
-    from safetensors.torch import save_file as write
+    """A safetensors file, serialised in memory and written through Python's file object:
+    safetensors' own writer reports a full disk as a ``SafetensorError`` without its errno,
+    Python's as the ``OSError`` that ``write_error`` turns into one line."""
+    from safetensors.torch import save
 
-    write(tensors, path, metadata=metadata)
+    Path(path).write_bytes(save(tensors, metadata=metadata))
+
+
+def torch_bytes(obj: Any) -> bytes:
+    """``torch.save`` into memory (its C++ writer reports a full disk as a RuntimeError)."""
+    import io
+
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getvalue()
 
 
 def _contiguous(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -67,10 +79,7 @@ def save_checkpoint(
         UserError: a full disk or a read-only / forbidden folder; the previous checkpoint is
             left as it was.
     """
-    import torch
-
     folder = Path(folder)
-    old = folder.parent / f".{folder.name}.old"
     tmp = None
     try:
         folder.parent.mkdir(parents=True, exist_ok=True)
@@ -81,24 +90,14 @@ def save_checkpoint(
         if extra:
             save_file(_contiguous(extra), str(tmp / EXTRA_FILE))
         if state is not None:
-            torch.save(state, tmp / STATE_FILE)
+            (tmp / STATE_FILE).write_bytes(torch_bytes(state))
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
         for path in tmp.iterdir():
             fsync_file(path)
         verify_checkpoint(tmp)
         fsync_dir(tmp)
-        if folder.exists():
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(folder, old)  # from here until the next rename, .old is the checkpoint
-        try:
-            os.replace(tmp, folder)
-        except BaseException:
-            if old.exists() and not folder.exists():
-                os.replace(old, folder)  # put the previous one back
-            raise
+        replace_folder(tmp, folder)  # .<name>.old is the checkpoint inside the swap
         tmp = None
-        fsync_dir(folder.parent)
-        shutil.rmtree(old, ignore_errors=True)
     except OSError as exc:
         error = write_error(exc, folder.parent, f"checkpoint {folder.name}")
         if error is None:
@@ -171,22 +170,25 @@ class Checkpoint:
     def config(self) -> dict[str, Any]:
         return self.meta["config"]
 
-    def model(self) -> dict[str, torch.Tensor]:
+    def _read(self, path: Path) -> dict[str, torch.Tensor]:
         from diga.models.weights import read_weights
 
-        return read_weights(self.folder / MODEL_FILE)
+        # diga writes checkpoints whole (save_checkpoint): a damaged one was copied or
+        # downloaded in part, or its disk fails
+        return read_weights(path, f"checkpoint {self.folder} is damaged: copy the whole folder "
+                            "again from where it was trained, or, on that machine, go on from "
+                            "its last good checkpoint with 'diga train ... --resume'")
+
+    def model(self) -> dict[str, torch.Tensor]:
+        return self._read(self.folder / MODEL_FILE)
 
     def teacher(self) -> dict[str, torch.Tensor] | None:
-        from diga.models.weights import read_weights
-
         path = self.folder / TEACHER_FILE
-        return read_weights(path) if path.exists() else None
+        return self._read(path) if path.exists() else None
 
     def extra(self) -> dict[str, torch.Tensor]:
-        from diga.models.weights import read_weights
-
         path = self.folder / EXTRA_FILE
-        return read_weights(path) if path.exists() else {}
+        return self._read(path) if path.exists() else {}
 
     def state(self) -> dict[str, Any]:
         import torch

@@ -24,20 +24,40 @@ from diga.errors import UserError
 DISK_ERRORS = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded",
                errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied",
                errno.EPERM: "permission denied"}
+# what fixes each cause; then, for all of them: another output path
+FIXES = {errno.ENOSPC: "free space on that device", errno.EDQUOT: "free space within the quota",
+         errno.EROFS: "remount it read-write", errno.EACCES: "let this user write there",
+         errno.EPERM: "let this user write there"}
 
 
 def write_error(exc: OSError, folder: Path, what: str) -> UserError | None:
-    """A full disk or a read-only / forbidden folder as one ``UserError`` (None otherwise)."""
+    """A full disk, a quota, a read-only or forbidden folder as one ``UserError`` naming the
+    folder, its free space and a fix (None for other errors)."""
     why = DISK_ERRORS.get(exc.errno or 0)
     if why is None:
         return None
     try:
-        free = f"{shutil.disk_usage(_existing(folder)).free / 2**30:.2f} GiB free there"
+        free = f"{human_bytes(shutil.disk_usage(_existing(folder)).free)} free there"
     except OSError:
         free = "free space unknown"
     return UserError(f"cannot write {what} in {folder}: {why} ({free})",
-                     "free space or fix the folder's permissions, or write elsewhere (--out); "
-                     "what was there before is intact")
+                     f"{FIXES[exc.errno]}, or choose another output path (--out); what was "  # type: ignore[index]
+                     "there before is intact")
+
+
+def human_bytes(n: float) -> str:
+    """``1536`` -> ``1.5 KiB``: the unit that keeps the number readable."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1024
+    return f"{n:.2f} TiB"
+
+
+def os_write_error(exc: OSError) -> UserError | None:
+    """``write_error`` for an ``OSError`` raised anywhere, named by the path it carries."""
+    where = Path(exc.filename) if exc.filename else Path.cwd() / "?"
+    return write_error(exc, where.parent, where.name)
 
 
 def _existing(folder: Path) -> Path:
@@ -98,6 +118,38 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     finally:
         if tmp is not None:
             Path(tmp).unlink(missing_ok=True)  # gone already once renamed
+
+
+def replace_folder(staged: Path, folder: Path) -> None:
+    """Put a complete ``staged`` folder in the place of ``folder``: the old one is renamed to
+    ``.<name>.old``, the staged one into place, the parent fsynced, the old one removed. At
+    every instant one complete version exists (``folder``, or inside the swap ``.<name>.old``),
+    and renames take no space: a full disk fails while staging, never here."""
+    staged, folder = Path(staged), Path(folder)
+    old = folder.parent / f".{folder.name}.old"
+    if folder.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(folder, old)  # from here until the next rename, .old is the folder
+    try:
+        os.replace(staged, folder)
+    except BaseException:
+        if old.exists() and not folder.exists():
+            os.replace(old, folder)  # put the previous one back
+        raise
+    fsync_dir(folder.parent)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def publish_folder(stage: Path, folder: Path, last: str | None = None) -> None:
+    """Move every file of ``stage`` into ``folder`` (``last`` after the others: the file that
+    says the set is complete), then remove ``stage``. Renames take no space, so a folder whose
+    files were all written in ``stage`` is never left half-replaced by a full disk."""
+    stage, folder = Path(stage), Path(folder)
+    names = sorted(p.name for p in stage.iterdir())
+    for name in sorted(names, key=lambda n: n == last):
+        os.replace(stage / name, folder / name)
+    fsync_dir(folder)
+    stage.rmdir()
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

@@ -22,9 +22,25 @@ def export_openvino(onnx_path: Path, xml_path: Path, info: ModelInfo) -> Path:
     ov = import_openvino()
     model = ov.convert_model(str(onnx_path))
     write_props(model, info.to_props())
-    xml_path.parent.mkdir(parents=True, exist_ok=True)
-    ov.save_model(model, str(xml_path), compress_to_fp16=False)
+    save_ir(model, xml_path)
     return xml_path
+
+
+def save_ir(model: object, xml_path: Path) -> None:
+    """``openvino.save_model`` into a temporary folder, then the .bin and the .xml (last: what
+    readers open) written atomically through Python: OpenVINO's C++ writer reports a full disk
+    as a RuntimeError without its errno, Python's as an ``OSError`` (one line, ``write_error``),
+    and no half-written IR is left where a reader would take it as complete."""
+    import tempfile
+
+    from diga.io import atomic_write_bytes
+
+    ov = import_openvino()
+    with tempfile.TemporaryDirectory(prefix="diga-ir-") as tmp:
+        staged = Path(tmp) / xml_path.name
+        ov.save_model(model, str(staged), compress_to_fp16=False)
+        atomic_write_bytes(xml_path.with_suffix(".bin"), staged.with_suffix(".bin").read_bytes())
+        atomic_write_bytes(xml_path, staged.read_bytes())
 
 
 def quantize_openvino_nncf(xml_path: Path, out_path: Path, images: list, info: ModelInfo) -> Path:
@@ -45,7 +61,6 @@ def quantize_openvino_nncf(xml_path: Path, out_path: Path, images: list, info: M
     from diga.runtime.openvino_model import shared_core
     from diga.runtime.preprocess import model_input_size
 
-    ov = import_openvino()
     model = shared_core().read_model(str(xml_path))
     # the frame graph's inputs, as the runtime feeds them: the frame resized to the run size
     batches = [frame_feeds(info, [image], model_input_size(info, image.shape[:2]), image.shape[:2])
@@ -53,5 +68,5 @@ def quantize_openvino_nncf(xml_path: Path, out_path: Path, images: list, info: M
     quantized = nncf.quantize(model, nncf.Dataset(batches), subset_size=len(batches),
                               preset=nncf.QuantizationPreset.PERFORMANCE)  # symmetric, as QDQ
     write_props(quantized, info.to_props())
-    ov.save_model(quantized, str(out_path), compress_to_fp16=False)
+    save_ir(quantized, out_path)
     return out_path

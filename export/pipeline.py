@@ -11,9 +11,11 @@ target val; ``export.json`` lists everything written, ``parity.json`` the parity
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +27,7 @@ from diga.errors import UserError
 from diga.export.formats import FORMATS, ExportFormat, formats_for_flags
 from diga.export.onnx_export import export_onnx, model_info, write_frame_model
 from diga.export.parity import check_frame_parity, evaluate_model_file, target_images
-from diga.io import atomic_write_json
+from diga.io import atomic_write_json, publish_folder
 from diga.runtime.metadata import ModelInfo
 
 log = logging.getLogger("diga.export")
@@ -99,6 +101,11 @@ def export_checkpoint(model_path: Path, overrides: list[str] | None = None,
     if out.exists() and not out.is_dir():
         raise UserError(f"output path {out} is a file", "choose a folder with --out")
     out.mkdir(parents=True, exist_ok=True)
+    # every file is written in out/.partial first and moved into out at the end (renames take
+    # no space): a full disk or a failure half-way leaves the previous export as it was
+    stage = out / ".partial"
+    shutil.rmtree(stage, ignore_errors=True)
+    stage.mkdir()
     ex = cfg.export
 
     say(f"reading {ex.parity_images} target val images for parity")
@@ -114,7 +121,7 @@ def export_checkpoint(model_path: Path, overrides: list[str] | None = None,
     core_info = info.replace(input_kind="float", output_kind="logits", layout="NCHW", frame=None)
 
     summary = ExportSummary(out_dir=out, info=info)
-    with tempfile.TemporaryDirectory(prefix="diga-export-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="diga-export-") as tmp, _staged(stage):
         cores: dict[str, Path] = {}  # precision -> core file
         say(f"exporting {cfg.model.name} to ONNX (opset {ex.opset}, "
             f"{'dynamic' if ex.dynamic else 'static'} shapes)")
@@ -130,7 +137,7 @@ def export_checkpoint(model_path: Path, overrides: list[str] | None = None,
             """Wrap the core of the format's precision into its frame graph and check it."""
             flavour = {".xml": "openvino", ".engine": "tensorrt"}.get(fmt.suffix, "onnxruntime")
             file_info = info.replace(precision=fmt.precision, frame=flavour)
-            path = out / fmt.file
+            path = stage / fmt.file
             if flavour == "onnxruntime":
                 say(f"writing {fmt.file}")
                 write_frame_model(cores[fmt.precision], path, file_info)
@@ -162,7 +169,8 @@ def export_checkpoint(model_path: Path, overrides: list[str] | None = None,
         agreement = ship(FORMATS["onnx"]).parity["pixel_agreement"]  # type: ignore[index]
         if agreement < ex.min_agreement:  # a wrong graph: stop before building on it
             summary.files = files
-            _write_reports(summary, model_path, ckpt.folder, ckpt.meta, cfg)
+            _write_reports(summary, stage, model_path, ckpt.folder, ckpt.meta, cfg)
+            _publish(summary, stage)
             raise UserError(f"{FORMATS['onnx'].file} agrees with PyTorch on only {agreement:.3f}% "
                             f"of pixels (export.min_agreement={ex.min_agreement}); see "
                             f"{out / 'parity.json'}",
@@ -200,7 +208,7 @@ def export_checkpoint(model_path: Path, overrides: list[str] | None = None,
                 say(f"quantising {paths['openvino'].name} with NNCF on {ex.calib_images} target "
                     f"train images: {fmt.file}")
                 ir_info = info.replace(precision="int8", frame="openvino")
-                path = quantize_openvino_nncf(paths["openvino"], out / fmt.file, calibration(),
+                path = quantize_openvino_nncf(paths["openvino"], stage / fmt.file, calibration(),
                                               ir_info)
                 paths[fmt.name] = path
                 files.append(ExportedFile(
@@ -225,9 +233,27 @@ def export_checkpoint(model_path: Path, overrides: list[str] | None = None,
                 continue
             ship(fmt, "tensorrt")
 
-    summary.files = files
-    _write_reports(summary, model_path, ckpt.folder, ckpt.meta, cfg)
+        summary.files = files
+        _write_reports(summary, stage, model_path, ckpt.folder, ckpt.meta, cfg)
+        _publish(summary, stage)
     return summary
+
+
+@contextlib.contextmanager
+def _staged(stage: Path) -> Iterator[None]:
+    """Remove the staging folder of a failed export (a published one is gone already)."""
+    try:
+        yield
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def _publish(summary: ExportSummary, stage: Path) -> None:
+    """Move the staged files into the export folder, export.json last; the summary's paths
+    follow them."""
+    publish_folder(stage, summary.out_dir, last="export.json")
+    for exported in summary.files:
+        exported.path = summary.out_dir / exported.path.name
 
 
 def _evaluate(files: list[ExportedFile], cfg: Config, summary: ExportSummary, say: Report) -> None:
@@ -253,9 +279,8 @@ def _evaluate(files: list[ExportedFile], cfg: Config, summary: ExportSummary, sa
                 say(note)
 
 
-def _write_reports(summary: ExportSummary, model_path: Path, ckpt_folder: Path,
+def _write_reports(summary: ExportSummary, out: Path, model_path: Path, ckpt_folder: Path,
                    meta: dict[str, Any], cfg: Config) -> None:
-    out = summary.out_dir
     first = summary.files[0].parity if summary.files else None
     parity = {"split": "target val", "images": first["images"] if first else 0,
               "models": {f.path.name: f.parity for f in summary.files if f.parity}}

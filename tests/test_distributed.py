@@ -105,7 +105,8 @@ def _ddp_worker(rank: int, port: int, tmp: str) -> None:
     real_write = pseudo.write_pseudo_label
 
     def recording_write(path, label):
-        written.append(str(Path(path).relative_to(tmp_path / "pseudo_ddp")))
+        # written in the staging folder that then takes the final one's place
+        written.append(str(Path(path).relative_to(tmp_path / ".pseudo_ddp.partial")))
         real_write(path, label)
 
     pseudo.write_pseudo_label = recording_write

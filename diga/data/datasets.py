@@ -192,10 +192,14 @@ def infinite_loader(dataset: SegDataset, batch_size: int, seed: int, start_step:
 
 def eval_loader(dataset: SegDataset, batch_size: int, num_workers: int,
                 indices: list[int] | None = None) -> DataLoader:
+    """The items ``indices`` (default all) in batches of images of one size (``size_batches``):
+    an evaluation keeps each image's size, and a target of several cameras has several."""
     if num_workers > 0:
         warm_builtin_cache(dataset)
-    subset = torch.utils.data.Subset(dataset, indices) if indices is not None else dataset
-    return DataLoader(subset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    base = getattr(dataset, "base", dataset)  # PseudoLabelDataset wraps a SegDataset
+    order = list(range(len(dataset))) if indices is None else list(indices)
+    batches = base.size_batches(order, batch_size)
+    return DataLoader(dataset, batch_sampler=batches, num_workers=num_workers)
 
 
 def normalize(images: torch.Tensor, mean: tuple[float, ...] | torch.Tensor,

@@ -52,6 +52,25 @@ class SampleReader:
     def has_labels(self) -> bool:
         return self.kind == "builtin" or all(s.label is not None for s in self.samples)
 
+    def image_size(self, index: int) -> tuple[int, int]:
+        """(H, W) of a sample's image, from its header (the pixels are not decoded)."""
+        if self.kind == "builtin":
+            return tuple(self.spec.size)  # type: ignore[return-value]
+        from PIL import Image
+
+        with Image.open(self.samples[index].image) as image:
+            return image.height, image.width
+
+    def size_batches(self, indices: list[int], batch_size: int) -> list[list[int]]:
+        """``indices`` in batches of at most ``batch_size`` images of one size: frames of
+        several cameras in one folder batch by camera, in their order otherwise (one size:
+        consecutive chunks, as a plain loader batches them)."""
+        groups: dict[tuple[int, int], list[int]] = {}
+        for index in indices:
+            groups.setdefault(self.image_size(index), []).append(index)
+        return [members[i:i + batch_size] for members in groups.values()
+                for i in range(0, len(members), batch_size)]
+
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray | None]:
         """Image uint8 (H, W, 3) and train-id label (H, W) or None, before transforms."""
         if self.kind == "builtin":

@@ -12,8 +12,10 @@ from safetensors.torch import load_file
 from diga.errors import UserError
 
 
-def read_weights(path: Path) -> dict[str, torch.Tensor]:
-    """Read a weights file: safetensors, or a torch file with ``weights_only=True``."""
+def read_weights(path: Path, damaged_hint: str = "the file is cut short or is not a weights "
+                 "file: download or copy it again") -> dict[str, torch.Tensor]:
+    """Read a weights file: safetensors, or a torch file with ``weights_only=True``.
+    ``damaged_hint``: what fixes a file that does not read (a checkpoint's differs)."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"weights file not found: {path}", "check the path")
@@ -23,8 +25,7 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except (SafetensorError, RuntimeError, OSError, ValueError, EOFError) as exc:
         first = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
-        raise UserError(f"cannot read weights file {path}: {first}",
-                        "the file is corrupt or not a weights file; re-export or re-download it") from None
+        raise UserError(f"cannot read weights file {path}: {first}", damaged_hint) from None
     except Exception as exc:  # e.g. pickle.UnpicklingError for files that need code to load
         raise UserError(f"cannot read weights file {path} safely ({type(exc).__name__})",
                         "give a .safetensors file or a plain state_dict saved with torch.save") from None

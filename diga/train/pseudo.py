@@ -9,15 +9,16 @@ single-process one up to floating-point summation order.
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 
-from diga.checkpoint import Checkpoint
+from diga.checkpoint import Checkpoint, save_file
 from diga.config import Config
 from diga.data.datasets import SegDataset, build_dataset, eval_loader, normalize
 from diga.data.pseudo_labels import (
@@ -29,7 +30,7 @@ from diga.data.pseudo_labels import (
     write_pseudo_label,
 )
 from diga.errors import UserError
-from diga.io import atomic_write, atomic_write_json
+from diga.io import atomic_write, atomic_write_json, replace_folder
 from diga.method import CentroidAccumulator
 from diga.train.distributed import current
 from diga.train.evaluate import batch_views, predict_logits
@@ -50,9 +51,11 @@ def make_pseudo_labels(model: torch.nn.Module, cfg: Config, ckpt: Checkpoint, ou
     The model sees each image at the target resize (the scale it trains at); the logits of
     every scale are upsampled to the image's own size (its raw label resolution) before the
     max and the argmax, so the labels do not depend on the training resize and the joint
-    transform resizes them with the image. No confidence threshold. Writes ``out/<name>.png``
-    (train ids) and ``out/manifest.json`` last, so a folder without a manifest is an
-    unfinished one. ``progress`` counts this rank's images.
+    transform resizes them with the image. No confidence threshold. The labels
+    (``<name>.png``, train ids) and ``manifest.json`` (last) go to ``.<out>.partial`` next to
+    ``out``, which then takes the place of ``out`` (``replace_folder``): a full disk or a kill
+    leaves the previous folder as it was, and a folder without a manifest is never read.
+    ``progress`` counts this rank's images.
     """
     dist = current()
     dataset = _target_train(cfg, tuple(cfg.pseudo.scales))
@@ -60,8 +63,23 @@ def make_pseudo_labels(model: torch.nn.Module, cfg: Config, ckpt: Checkpoint, ou
     indices = dist.shard(len(dataset)) if dist.enabled else None
     loader = eval_loader(dataset, cfg.pseudo.batch_size, cfg.data.num_workers, indices)
     total = len(indices) if indices is not None else len(dataset)
+    final, out = out, out.parent / f".{out.name}.partial"
     if dist.is_main:
-        (out / MANIFEST).unlink(missing_ok=True)
+        shutil.rmtree(out, ignore_errors=True)  # an earlier attempt's
+        out.mkdir(parents=True)
+    dist.barrier()  # the folder exists for every rank
+    try:
+        return _label_into(model, cfg, ckpt, dataset, loader, out, final, total, device, progress)
+    finally:
+        shutil.rmtree(out, ignore_errors=True)  # a failed attempt's (a finished one has moved)
+
+
+def _label_into(model: torch.nn.Module, cfg: Config, ckpt: Checkpoint, dataset: SegDataset,
+                loader: Any, out: Path, final: Path, total: int, device: torch.device,
+                progress: Callable[[int, int], None] | None) -> dict:
+    """``make_pseudo_labels``' pass: labels into the staging folder ``out``, its manifest, then
+    the folder in the place of ``final``."""
+    dist = current()
     done, tic = 0, time.perf_counter()
     for batch in loader:
         images = batch["image"].to(device)  # (B, 3, h, w) at the target resize
@@ -80,7 +98,8 @@ def make_pseudo_labels(model: torch.nn.Module, cfg: Config, ckpt: Checkpoint, ou
                 "seconds": time.perf_counter() - tic}
     if dist.is_main:
         atomic_write_json(out / MANIFEST, manifest)
-    dist.barrier()  # nobody reads the folder before its manifest exists
+        replace_folder(out, final)
+    dist.barrier()  # nobody reads the folder before it is in place, manifest included
     return manifest
 
 
