@@ -134,10 +134,13 @@ class TargetSet:
         # labels in the finest protocol the layout holds: each model is scored by class name
         self.protocol = label_protocol(cfg.data.target.kind, cfg.num_classes)
         self.data_classes = cfg.num_classes
-        self.reader = build_reader(cfg, "target", "val", classes=self.protocol.num_classes)
+        from diga.export.parity import frames_domain
+
+        domain, split, source_only = frames_domain(cfg, "val")
+        self.reader = build_reader(cfg, domain, split, classes=self.protocol.num_classes)
         limit = cfg.bench.max_images
         self.count = len(self.reader) if limit is None else min(limit, len(self.reader))
-        self.has_labels = self.reader.has_labels
+        self.has_labels = self.reader.has_labels and not source_only
         self.cache_bytes = cache_bytes
         self._cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         self._cached = 0

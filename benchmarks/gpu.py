@@ -1,6 +1,7 @@
-"""The GPU check: the paper preset's training steps, evaluation and pseudo-labelling on one GPU.
+"""The GPU check: a paper preset's training steps, evaluation and pseudo-labelling on one GPU.
 
-For ``gta2cs-deeplabv2`` (DeepLabV2 ResNet-101, crop 512x896, batch 3) on the built-in
+For a paper preset (``--preset``; default ``gta2cs-deeplabv2``: DeepLabV2 ResNet-101, crop
+512x896, batch 3; the HRNet-W48 + OCR and MiT-B5 + SegFormer presets too) on the built-in
 benchmark at that crop (no dataset needed; random weights, which time like ImageNet ones):
 
 - the source, warm-up and self-training steps of ``train_stage`` in fp32, bf16,
@@ -14,9 +15,9 @@ benchmark at that crop (no dataset needed; random weights, which time like Image
   GTA5 / Cityscapes, from the fastest precision measured on every stage.
 
 It writes ``gpu_check.json`` and ``gpu_check.md`` and prints the table. ``--smoke`` runs the
-same code on the CPU with the tiny model in seconds (a test runs it). Run:
+same code on the CPU with the family's small model in seconds (a test runs it). Run:
 
-    python -m diga.benchmarks.gpu [--out DIR] [--steps 15] [--budget-s 420]
+    python -m diga.benchmarks.gpu [--preset NAME] [--out DIR] [--steps 15] [--budget-s 420]
 """
 
 from __future__ import annotations
@@ -35,6 +36,12 @@ import torch
 from diga.config import Config, load_config
 
 PRESET = "gta2cs-deeplabv2"
+# the presets it can project (domain generalisation trains the warm-up alone: not one of them)
+PRESETS = ("gta2cs-deeplabv2", "synthia2cs-deeplabv2", "gta2cs-hrnet48-ocr",
+           "synthia2cs-hrnet48-ocr", "gta2cs-segformer-b5", "synthia2cs-segformer-b5")
+# --smoke: each family's small variant on the CPU
+SMOKE_MODEL = {"deeplabv2": "deeplabv2_tiny", "hrnet48-ocr": "hrnet18_ocr",
+               "segformer-b5": "segformer_mit_b0"}
 PRECISIONS = {  # name -> run.* overrides
     "fp32": [],
     "bf16": ["run.amp=bf16"],
@@ -49,41 +56,50 @@ DATA = ["model.pretrained=null", "data.source.kind=builtin", "data.target.kind=b
 GPU = DATA + ["run.device=cuda", "data.builtin.size=512x896"]
 # 64 images: no sampler epoch boundary (a host read of its permutation) in the sync count
 SMOKE = DATA + ["data.builtin.source_train=64", "data.builtin.target_train=64",
-                "run.device=cpu", "model.name=deeplabv2_tiny", "data.builtin.size=32x64",
+                "run.device=cpu", "data.builtin.size=32x64",
                 "train.crop=32x64", "data.source.resize=32x64", "data.target.resize=32x64",
                 "train.batch_size=2", "warmup.fda_band=0.1", "data.num_workers=1",
                 "eval.batch_size=4", "pseudo.batch_size=4"]
 
 
-def check(steps: int = 15, budget_s: float = 420.0, smoke: bool = False) -> dict[str, Any]:
-    """Every measurement of the check; skips what would pass the time budget, and says so."""
+def smoke_overrides(preset: str) -> list[str]:
+    """``SMOKE`` with the preset's family's small model."""
+    return SMOKE + [f"model.name={SMOKE_MODEL[preset.split('-', 1)[1]]}"]
+
+
+def check(steps: int = 15, budget_s: float = 420.0, smoke: bool = False,
+          preset: str = PRESET, precisions: tuple[str, ...] = tuple(PRECISIONS)) -> dict[str, Any]:
+    """Every measurement of the check (of ``precisions``); skips what would pass the time
+    budget, and says so."""
     start = time.monotonic()
-    base = SMOKE if smoke else GPU
+    base = smoke_overrides(preset) if smoke else GPU
     device = torch.device("cpu" if smoke else "cuda")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("the GPU check needs a CUDA GPU; 'python -m diga.benchmarks.gpu "
                          "--smoke' runs its code path on the CPU")
-    cfg = load_config(PRESET, base)
-    result: dict[str, Any] = {"preset": PRESET, **_environment(device), "model": cfg.model.name,
+    cfg = load_config(preset, base)
+    result: dict[str, Any] = {"preset": preset, **_environment(device), "model": cfg.model.name,
                               "crop": list(cfg.train.crop), "batch_size": cfg.train.batch_size,
                               "steps_timed": steps, "rows": [], "skipped": [],
                               "syncs_per_step": None, "inference": None, "projection": None}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         for name in PRECISIONS:
-            if smoke and "compile" in name:
+            if name not in precisions:
+                result["skipped"].append(f"{name}: not asked for (--precision)")
+            elif smoke and "compile" in name:
                 result["skipped"].append(f"{name}: not in the CPU smoke run")
             # compile last, and only with time for its compilations left
             elif time.monotonic() - start > budget_s - (150 if "compile" in name else 0):
                 result["skipped"].append(f"{name}: time budget")
             else:
-                _step_rows(result, load_config(PRESET, base + PRECISIONS[name]), name, steps,
+                _step_rows(result, load_config(preset, base + PRECISIONS[name]), name, steps,
                            work / name, device)
         fastest = fastest_complete(result["rows"])
         if fastest is None:
             result["skipped"].append("syncs, inference, projection: no precision ran every stage")
         else:
-            fast_cfg = load_config(PRESET, base + PRECISIONS[fastest])
+            fast_cfg = load_config(preset, base + PRECISIONS[fastest])
             result["syncs_per_step"] = {
                 stage: _syncs_per_step(fast_cfg, stage, work / "syncs", device)
                 for stage in ("warmup", "selftrain")}
@@ -269,10 +285,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--budget-s", type=float, default=420.0,
                         help="start no measurement after this (compile needs 150 s left)")
     parser.add_argument("--smoke", action="store_true",
-                        help="the same code on the CPU with the tiny model, in seconds")
+                        help="the same code on the CPU with the family's small model, in seconds")
+    parser.add_argument("--preset", choices=PRESETS, default=PRESET)
+    parser.add_argument("--precision", action="append", choices=PRECISIONS, dest="precisions",
+                        help="measure only this precision (repeatable; default: all)")
     args = parser.parse_args(argv)
     steps = 2 if args.smoke and args.steps == 15 else args.steps
-    result = check(steps, args.budget_s, args.smoke)
+    result = check(steps, args.budget_s, args.smoke, args.preset,
+                   tuple(args.precisions or PRECISIONS))
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "gpu_check.json").write_text(json.dumps(result, indent=2))
     table = markdown(result)

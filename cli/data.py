@@ -24,12 +24,17 @@ def make_demo(
     source_train: Annotated[int, typer.Option(min=1)] = 400,
     target_train: Annotated[int, typer.Option(min=1)] = 400,
     target_val: Annotated[int, typer.Option(min=1)] = 100,
+    dg: Annotated[bool, typer.Option(
+        "--dg/--no-dg", help="Also write other target-domain scenes in the BDD100K and "
+        "Mapillary Vistas layouts (val: --target-val images, train as many), the unseen "
+        "targets of the domain-generalisation benchmark.")] = True,
 ) -> None:
     """Write the built-in benchmark in the real datasets' layouts.
 
     The source domain in the GTA5 and SYNTHIA-RAND-CITYSCAPES layouts, the target domain in
-    the Cityscapes layout, at the real datasets' aspect ratios: the real loaders and the paper
-    presets can be tried on it.
+    the Cityscapes layout and (--dg) the BDD100K and Mapillary Vistas v1.2 layouts, at the
+    real datasets' aspect ratios: the real loaders, the paper presets and a multi-target
+    'diga eval --target' can be tried on it.
 
     Examples:
       diga data make-demo /tmp/d
@@ -48,18 +53,29 @@ def make_demo(
         raise UserError(f"--size: {exc}", "write it as HxW, e.g. 128x256") from None
     spec = BuiltinSpec(seed, hw, source_train, target_train, target_val)
     with Progress(console=console, transient=True) as bar:
-        task = bar.add_task("writing", total=source_train + target_train + target_val)
-        roots = write_demo(out, spec, progress=lambda i, n: bar.update(task, completed=i))
+        task = bar.add_task("writing", total=None)
+        roots = write_demo(out, spec, progress=lambda i, n: bar.update(task, completed=i, total=n),
+                           dg_targets=dg)
     from diga.data.builtin.files import layout_size
 
     for name, key, layout in (("GTA5", "source_root", "gta5"),
                               ("SYNTHIA-RAND-CITYSCAPES", "synthia_root", "synthia"),
-                              ("Cityscapes", "target_root", "cityscapes")):
-        h, w = layout_size(layout, hw[1]) if layout != "cityscapes" else hw
-        role = "target" if layout == "cityscapes" else "source"
-        console.print(f"[green]wrote[/] {role} ({name} layout, {h}x{w}): {roots[key]}")
+                              ("Cityscapes", "target_root", "cityscapes"),
+                              ("BDD100K", "bdd100k_root", "bdd100k"),
+                              ("Mapillary Vistas v1.2", "mapillary_root", "mapillary")):
+        if key not in roots:
+            continue
+        sizes = ({layout_size(layout, hw[1], i) for i in (0, 1)} if layout != "cityscapes"
+                 else {hw})
+        size = " and ".join(f"{h}x{w}" for h, w in sorted(sizes))
+        role = "source" if layout in ("gta5", "synthia") else "target"
+        console.print(f"[green]wrote[/] {role} ({name} layout, {size}): {roots[key]}")
     console.print(f"train with: data.source.kind=gta5 data.source.root={roots['source_root']} "
                   f"data.target.kind=cityscapes data.target.root={roots['target_root']}")
+    if dg:
+        console.print(f"score on every target: diga eval RUN --target cityscapes:"
+                      f"{roots['target_root']} --target bdd100k:{roots['bdd100k_root']} "
+                      f"--target mapillary:{roots['mapillary_root']}", soft_wrap=True)
 
 
 @app.command("check")

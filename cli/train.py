@@ -45,9 +45,11 @@ def _auto(out: Path | None, resume: bool, auto_resume: bool, max_restarts: int) 
     return resume or has_checkpoint(out) or (out / "round1").is_dir()
 
 
-def _report(stage: str, run_dir: Path, metrics: dict) -> None:
+def _report(stage: str, run_dir: Path, metrics: dict, no_target: bool = False) -> None:
     miou, miou13 = metrics.get("target_val_miou"), metrics.get("target_val_miou13")
-    tail = f"target-val mIoU {miou:.2f}" if miou is not None else "target val has no labels"
+    tail = (f"target-val mIoU {miou:.2f}" if miou is not None else
+            f"no target: score it with diga eval {run_dir} --target KIND:ROOT" if no_target else
+            "target val has no labels")
     if miou13 is not None:
         tail += f", 13 classes {miou13:.2f}"
     console.print(f"[green]{stage} done[/]: {run_dir}  ({tail})")
@@ -93,7 +95,7 @@ def _train(stage: str, args: list[str] | None, out: Path | None, resume: bool, q
     finally:
         destroy_distributed()
     if dist.is_main:
-        _report(stage, run_dir, result.metrics)
+        _report(stage, run_dir, result.metrics, cfg.data.target.kind == "none")
 
 
 @app.command("source")

@@ -6,8 +6,9 @@ Every command where a model meets data, an override or another tool asks here: `
 
 A model's classes are its checkpoint config's protocol (``data.classes``: 19, 16 or 13), or the
 class names in an exported file's metadata. Labels are read in the finest protocol the data
-holds (``label_protocol``): all 19 classes from Cityscapes / GTA5 label ids, SYNTHIA class ids
-and the built-in benchmark; the configured protocol's train ids from a folder layout.
+holds (``label_protocol``): all 19 classes from Cityscapes / GTA5 label ids, SYNTHIA class ids,
+BDD100K's train ids, Mapillary Vistas' classes (mapped by name) and the built-in benchmark; the
+configured protocol's train ids from a folder layout.
 
 Scoring goes by class name (``plan_scoring``):
 
@@ -55,7 +56,8 @@ def model_classes(saved_classes: int) -> tuple[str, ...]:
 
 def label_protocol(kind: str, data_classes: int) -> ClassProtocol:
     """The finest protocol labels of a layout ``kind`` can be read in: 19 from label / class
-    ids, the configured ``data.classes`` from a folder layout's train ids."""
+    ids (and BDD100K's 19 train ids, Mapillary's classes), the configured ``data.classes`` from
+    a folder layout's train ids."""
     return class_protocol(data_classes if kind == "folder" else 19)
 
 

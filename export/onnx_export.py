@@ -111,9 +111,12 @@ def model_info(cfg: Config, meta: dict[str, Any], input_size: tuple[int, int], *
         inference_size=cfg.inference_size)
 
 
-def example_input(info: ModelInfo, batch: int = 1) -> torch.Tensor:
-    """A tensor of the model's input kind and layout at its export size."""
+def example_input(info: ModelInfo, batch: int = 1, min_side: int = 0) -> torch.Tensor:
+    """A tensor of the model's input kind and layout at its export size (scaled up by a whole
+    factor until its shorter side is at least ``min_side``)."""
     h, w = info.input_size or (64, 64)
+    scale = -(-min_side // min(h, w)) if min_side else 1
+    h, w = h * max(1, scale), w * max(1, scale)
     if info.input_kind == "uint8":
         return torch.randint(0, 256, (batch, h, w, 3), dtype=torch.uint8)
     return torch.randn(batch, 3, h, w)
@@ -176,8 +179,9 @@ def export_onnx(model: nn.Module, info: ModelInfo, path: Path, *, opset: int = 1
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     wrapper = ExportWrapper(model.cpu().eval(), info, features).eval()
-    # batch 2 in the example: a size-1 dimension may be specialised to a constant when traced
-    x = example_input(info, batch=2 if info.dynamic else 1)
+    # a dynamic export traces batch 2 and a shorter side of 64 or more: a dimension of size 1
+    # (the batch, or the 1x2 grid of a stride-32 stage at 32x64) is specialised to a constant
+    x = example_input(info, batch=2, min_side=64) if info.dynamic else example_input(info)
     output_name = "labels" if info.output_kind == "labels" else "logits"
     reason: str | None = None
     used = exporter

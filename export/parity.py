@@ -47,13 +47,14 @@ class TargetImages(Sequence[TargetImage]):
         self.protocol = (label_protocol(cfg.data.target.kind, cfg.num_classes) if finest
                          else class_protocol(cfg.num_classes))
         self.data_classes = cfg.num_classes
-        self.dataset = build_reader(cfg, "target", split, classes=self.protocol.num_classes)
+        domain, split, self.source_only = frames_domain(cfg, split)
+        self.dataset = build_reader(cfg, domain, split, classes=self.protocol.num_classes)
         n = len(self.dataset) if count is None else min(count, len(self.dataset))
         self.indices = [int(i) for i in np.linspace(0, len(self.dataset) - 1, n).round()] if n else []
 
     @property
-    def has_labels(self) -> bool:
-        return self.dataset.has_labels
+    def has_labels(self) -> bool:  # source frames are never scored as the target
+        return self.dataset.has_labels and not self.source_only
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -66,6 +67,15 @@ class TargetImages(Sequence[TargetImage]):
         if label is None:
             label = np.full(image.shape[:2], IGNORE_INDEX, np.uint8)
         return TargetImage(image=image, label=label, name=self.dataset.samples[index].name)
+
+
+def frames_domain(cfg: Config, split: str) -> tuple[str, str, bool]:
+    """(domain, split, source only) of the frames export and bench use: the target's split, or
+    with no target (``data.target.kind=none``, domain generalisation) the source's train
+    images, for calibration, parity and timing only (they are never scored as the target)."""
+    if cfg.data.target.kind == "none":
+        return "source", "train", True
+    return "target", split, False
 
 
 def target_images(cfg: Config, split: str, count: int | None,
@@ -100,7 +110,7 @@ def torch_frame_labels(model: torch.nn.Module, info: Any, frame: np.ndarray,
     from diga.data.datasets import normalize
     from diga.runtime.preprocess import resize_rgb
 
-    x = torch.from_numpy(np.ascontiguousarray(resize_rgb(frame, run_size))).permute(2, 0, 1)[None]
+    x = torch.from_numpy(np.array(resize_rgb(frame, run_size))).permute(2, 0, 1)[None]  # a copy
     param = next(model.parameters())
     with torch.no_grad():
         logits = model(normalize(x.to(param.device), info.mean, info.std)).logits

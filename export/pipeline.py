@@ -108,7 +108,8 @@ def export_checkpoint(model_path: Path, overrides: list[str] | None = None,
     stage.mkdir()
     ex = cfg.export
 
-    say(f"reading {ex.parity_images} target val images for parity")
+    frames = "source train" if cfg.data.target.kind == "none" else "target val"
+    say(f"reading {ex.parity_images} {frames} images for parity")
     parity_set = target_images(cfg, "val", ex.parity_images)
     input_size = tuple(cfg.inference_size or parity_set[0].image.shape[:2])
     trained = cfg.inference_size
@@ -195,9 +196,11 @@ def export_checkpoint(model_path: Path, overrides: list[str] | None = None,
         if "onnx-int8" in names or "openvino-int8" in names:
             from diga.export.quantize import quantize_int8
 
-            say(f"calibrating int8 ({ex.calib_method}) on {ex.calib_images} target train images")
+            on = "source" if cfg.data.target.kind == "none" else "target"
+            say(f"calibrating int8 ({ex.calib_method}) on {ex.calib_images} {on} train images")
             cores["int8"] = quantize_int8(cores["fp32"], Path(tmp) / "core.int8.onnx",
-                                          calibration(), core_info, ex.calib_method)
+                                          calibration(), core_info, ex.calib_method,
+                                          ex.int8_float)
             if "onnx-int8" in names:
                 ship(FORMATS["onnx-int8"])
 
@@ -260,6 +263,10 @@ def _evaluate(files: list[ExportedFile], cfg: Config, summary: ExportSummary, sa
     """Target-val mIoU of the float ONNX and its variants on the CPU (onnxruntime; OpenVINO for
     the IRs)."""
     ex = cfg.export
+    if cfg.data.target.kind == "none":
+        summary.notes.append("no target domain (domain generalisation): no mIoU measured; score "
+                             "the files with diga eval FILE --target KIND:ROOT")
+        return
     say("reading target val images for the mIoU comparison")
     val = target_images(cfg, "val", ex.eval_images, finest=True)
     if not val.has_labels:

@@ -71,20 +71,68 @@ def _float_ends(model: onnx.ModelProto) -> list[str]:
     return [n.name for i, n in enumerate(nodes) if (i < convs[0] or i > convs[-1]) and n.name]
 
 
+def float_nodes(model: onnx.ModelProto, keep: list[str] | tuple[str, ...]) -> list[str]:
+    """Names of the nodes ``export.int8_float`` keeps out of INT8 (no QDQ group around them:
+    they compute in float on the dequantized tensors of the layers before them).
+
+    ``layer_norm``: every LayerNormalization. ``attention``: every MatMul of two activations
+    (attention scores, and their weighting of the values; a MatMul with a weight is a linear
+    layer and stays INT8), and every node on the path from a scores MatMul to its Softmax (the
+    scaling, the mask, the Softmax itself): quantising the scaling's input would quantise the
+    scores MatMul's output, and a MatMul between DequantizeLinear inputs and a QuantizeLinear
+    output runs as an INT8 kernel whatever the exclusion list says.
+    """
+    weights = {t.name for t in model.graph.initializer}
+    constants = {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
+    producer = {o: n for n in model.graph.node for o in n.output}
+    names: list[str] = []
+    if "layer_norm" in keep:
+        names += [n.name for n in model.graph.node if n.op_type == "LayerNormalization"]
+    if "attention" in keep:
+        fixed = weights | constants
+        pairs = [n for n in model.graph.node
+                 if n.op_type == "MatMul" and not any(i in fixed for i in n.input)]
+        names += [n.name for n in pairs]
+        pair_names = {n.name for n in pairs}
+        for softmax in (n for n in model.graph.node if n.op_type == "Softmax"):
+            path, node = [softmax], softmax
+            while node is not None and node.name not in pair_names:
+                moving = [i for i in node.input if i not in fixed and i in producer]
+                node = producer[moving[0]] if len(moving) == 1 else None
+                if node is not None and node.op_type not in _SCORE_PATH | {"MatMul"}:
+                    node = None
+                if node is not None:
+                    path.append(node)
+            if node is not None:  # the path reached a scores MatMul
+                names += [n.name for n in path if n.name not in pair_names]
+    return names
+
+
+# what lies between attention scores and their Softmax: scaling, masking, shape changes
+_SCORE_PATH = {"Mul", "Div", "Add", "Sub", "Where", "Cast", "Reshape", "Transpose"}
+
+
 def quantize_int8(fp32_path: Path, out_path: Path, images: list[np.ndarray], info: ModelInfo,
-                  method: str = "minmax") -> Path:
+                  method: str = "minmax", keep_float: list[str] | tuple[str, ...] = ()) -> Path:
     """Write the INT8 QDQ model of ``fp32_path`` calibrated on ``images`` (RGB uint8 HWC).
 
     Args:
         method: ``minmax``, ``entropy`` or ``percentile``. onnxruntime keeps every calibration
             image's activations in memory until the ranges are computed: for large inputs use
             fewer images (``export.calib_images``).
+        keep_float: ``export.int8_float`` (``float_nodes``).
     """
+    fp32_path = Path(fp32_path).resolve()
     with tempfile.TemporaryDirectory(prefix="diga-int8-") as tmp:
         prepared = Path(tmp) / "prepared.onnx"
         try:
-            # shape inference + graph optimisation first: quantisation needs the shapes
-            quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=False)
+            # shape inference + graph optimisation first: quantisation needs the shapes. ONNX's
+            # own shape inference is enough for the exporter's graphs (the same QDQ model, the
+            # same outputs as onnxruntime's symbolic inference, which takes 36 s on HRNet and,
+            # where it gives up, saves the model and its weights into the working directory);
+            # run in a temporary folder all the same.
+            with contextlib.chdir(tmp):
+                quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
         except Exception as exc:  # symbolic shape inference gives up on some graphs
             log.warning("onnxruntime's quant_pre_process failed (%s: %s); quantising the model as "
                         "exported", type(exc).__name__, str(exc).splitlines()[0][:200] if str(exc) else "")
@@ -94,16 +142,17 @@ def quantize_int8(fp32_path: Path, out_path: Path, images: list[np.ndarray], inf
         # the histogram calibrators print progress to stdout: keep it off the user's terminal
         chatter = io.StringIO()
         with contextlib.redirect_stdout(chatter):
-            _quantize(prepared, quantized, model, images, info, method)
+            _quantize(prepared, quantized, model, images, info, method, keep_float)
         log.debug("calibration: %s", chatter.getvalue().strip())
         proto = onnx.load(str(quantized))
+    kept = f"; in float: {', '.join(keep_float)}" if keep_float else ""
     write_model(proto, out_path, info.replace(precision="int8"),
-                doc=f"int8 QDQ, {method} calibration on {len(images)} target-domain images")
+                doc=f"int8 QDQ, {method} calibration on {len(images)} target-domain images{kept}")
     return out_path
 
 
 def _quantize(prepared: Path, quantized: Path, model: onnx.ModelProto, images: list[np.ndarray],
-              info: ModelInfo, method: str) -> None:
+              info: ModelInfo, method: str, keep_float: list[str] | tuple[str, ...]) -> None:
     input_name = model.graph.input[0].name
     quantize_static(
         str(prepared), str(quantized),
@@ -113,7 +162,7 @@ def _quantize(prepared: Path, quantized: Path, model: onnx.ModelProto, images: l
         activation_type=QuantType.QInt8,
         weight_type=QuantType.QInt8,
         calibrate_method=CALIBRATION_METHODS[method],
-        nodes_to_exclude=_float_ends(model),
+        nodes_to_exclude=_float_ends(model) + float_nodes(model, keep_float),
         extra_options={
             "ActivationSymmetric": True,  # TensorRT takes zero points of 0 only
             "WeightSymmetric": True,

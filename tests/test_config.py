@@ -131,3 +131,64 @@ def test_train_steps_override_reaches_the_selftrain_rounds(preset):
     assert alone.stage_steps("warmup") == shipped.train.steps and alone.stage_steps("selftrain") == 7
     resumed = saved_config_with(shipped, ["train.steps=12"])
     assert resumed.stage_steps("selftrain") == 12
+
+
+def _without(cfg: Config, *sections: str) -> dict:
+    data = cfg.to_dict()
+    for dotted in sections:
+        *parents, key = dotted.split(".")
+        node = data
+        for p in parents:
+            node = node[p]
+        node.pop(key)
+    return data
+
+
+@pytest.mark.parametrize("source", ["gta2cs", "synthia2cs"])
+def test_network_presets_are_the_deeplab_presets_with_their_networks_training(source):
+    """HRNet-OCR: the reference's HRNet training (SGD 1e-3 for every parameter, linear decay,
+    aux 0.1, BN that learns); SegFormer: SegFormer's / DAFormer's AdamW recipe. Everything else
+    is the DeepLabV2 preset's."""
+    deeplab = load_config(f"{source}-deeplabv2")
+    hrnet, segformer = load_config(f"{source}-hrnet48-ocr"), load_config(f"{source}-segformer-b5")
+    assert (hrnet.model.name, hrnet.model.pretrained, hrnet.model.freeze_bn,
+            hrnet.model.aux_weight) == ("hrnet48_ocr", "imagenet", False, 0.1)
+    o = hrnet.train.optim
+    assert (o.name, o.lr, o.head_lr_mult, o.momentum, o.weight_decay, o.poly_power,
+            o.warmup_steps) == ("sgd", 1e-3, 1.0, 0.9, 5e-4, 1.0, 0)
+    assert (segformer.model.name, segformer.model.freeze_bn) == ("segformer_mit_b5", False)
+    o = segformer.train.optim
+    assert (o.name, o.lr, o.head_lr_mult, o.weight_decay, o.poly_power, o.warmup_steps) == (
+        "adamw", 6e-5, 10.0, 0.01, 1.0, 1500)
+    for cfg in (hrnet, segformer):
+        assert _without(cfg, "model", "train.optim") == _without(deeplab, "model", "train.optim")
+
+
+def test_dg_preset_reads_no_target():
+    cfg = load_config("gta5-dg-deeplabv2")
+    assert cfg.data.source.kind == "gta5" and cfg.data.target.kind == "none"
+    assert (cfg.warmup.mixture, cfg.warmup.translator, cfg.warmup.kd_weight) == (False, "none", 0.5)
+    assert cfg.train.batch_size == 4 and cfg.stage_steps("warmup") == 80000
+    assert cfg.train.eval_every == 0 and cfg.eval.scales == [2.0, 1.0]
+    assert [(t.name, t.kind, t.resize) for t in cfg.eval.targets] == [
+        ("Cityscapes", "cityscapes", (512, 1024)), ("BDD100K", "bdd100k", (360, 640)),
+        ("Mapillary", "mapillary", (540, 960))]
+    assert cfg.inference_size == (512, 1024)
+    with pytest.raises(UserError, match="every stage trains on the source"):
+        load_config("demo", ["data.source.kind=none"])
+
+
+def test_base_key_merges_a_preset_or_a_file(tmp_path: Path):
+    (tmp_path / "mine.yaml").write_text("base: gta2cs-deeplabv2\ntrain: {steps: 7}\n")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "more.yaml").write_text("base: ../mine.yaml\nmodel: {name: deeplabv2_resnet50}\n")
+    cfg = load_config(str(tmp_path / "sub" / "more.yaml"))
+    assert cfg.train.steps == 7 and cfg.model.name == "deeplabv2_resnet50"
+    assert cfg.train.crop == (512, 896) and cfg.data.source.kind == "gta5"  # from the preset
+    (tmp_path / "a.yaml").write_text("base: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("base: a.yaml\n")
+    with pytest.raises(UserError, match="'base' chains deeper than 4 files"):
+        load_config(str(tmp_path / "a.yaml"))
+    (tmp_path / "c.yaml").write_text("base: nowhere.yaml\n")
+    with pytest.raises(UserError, match="nowhere.yaml' not found"):
+        load_config(str(tmp_path / "c.yaml"))

@@ -32,7 +32,7 @@ def test_gpu_check_smoke_writes_every_measurement(tmp_path, one_torch_thread):
     proj = result["projection"]
     fastest = min((r for r in result["rows"] if r["stage"] == "warmup"),
                   key=lambda r: r["step_s"])["precision"]
-    cfg = load_config(gpu.PRESET, gpu.SMOKE)
+    cfg = load_config(gpu.PRESET, gpu.smoke_overrides(gpu.PRESET))
     evals_warm = (80000 - 1) // 2000 + 1
     expected_warm = (80000 * rows[(fastest, "warmup")]["step_s"]
                      + evals_warm * gpu.CITYSCAPES_VAL / inf["eval_images_per_s"])
@@ -87,3 +87,26 @@ def test_a_stage_out_of_memory_is_a_note_and_the_check_goes_on(monkeypatch):
     assert result["skipped"][-1] == "syncs, inference, projection: no precision ran every stage"
     assert result["projection"] is None
     assert "| fp32 | warmup | 0.250 |" in gpu.markdown(result)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("preset", ["gta2cs-hrnet48-ocr", "synthia2cs-segformer-b5"])
+def test_gpu_check_smoke_of_the_other_networks(tmp_path, one_torch_thread, preset):
+    """The check's every measurement for the HRNet-OCR and SegFormer presets (their small
+    variants on the CPU; fp32, the other precisions are the DeepLabV2 smoke's code): step
+    times, the warm-up's ratio to its bare passes, no host sync between log points, inference
+    throughput and the schedule's projection."""
+    gpu.main(["--smoke", "--preset", preset, "--precision", "fp32", "--out", str(tmp_path)])
+    result = json.loads((tmp_path / "gpu_check.json").read_text())
+    small = {"gta2cs-hrnet48-ocr": "hrnet18_ocr", "synthia2cs-segformer-b5": "segformer_mit_b0"}
+    assert (result["preset"], result["model"]) == (preset, small[preset])
+    warm = [r for r in result["rows"] if r["stage"] == "warmup"]
+    assert len(warm) == 1 and all(r["ratio_to_bare"] > 0 for r in warm)
+    assert {r["stage"] for r in result["rows"]} == {"source", "warmup", "selftrain"}
+    assert "bf16: not asked for (--precision)" in result["skipped"]
+    assert result["syncs_per_step"] == {"warmup": 0, "selftrain": 0}
+    cfg = load_config(preset)
+    proj = result["projection"]
+    assert (proj["warmup_steps"], proj["selftrain_steps"]) == (cfg.stage_steps("warmup"),
+                                                               cfg.stage_steps("selftrain"))
+    assert proj["total_h"] > 0

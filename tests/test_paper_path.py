@@ -42,13 +42,19 @@ def test_make_demo_writes_the_real_layouts_at_their_aspect_ratios(data):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("preset", ["gta2cs-deeplabv2", "synthia2cs-deeplabv2"])
+@pytest.mark.parametrize("preset", ["gta2cs-deeplabv2", "synthia2cs-deeplabv2",
+                                    "gta2cs-hrnet48-ocr", "synthia2cs-segformer-b5"])
 def test_paper_preset_rehearsal(tmp_path, data, preset):
-    """data check -> warm-up -> self-training (2 rounds) -> eval -> export --int8 -> runtime on
-    raw frames -> predict -> bench. Self-training failed at its first batch before pseudo-labels
-    were stored at each image's own size (they were written at the 32x64 resize)."""
+    """data check -> warm-up -> self-training (2 rounds) -> eval -> export --int8 --openvino ->
+    runtime on raw frames -> predict -> bench, for each network family (its small variant,
+    random weights). Self-training failed at its first batch before pseudo-labels were stored
+    at each image's own size (they were written at the 32x64 resize)."""
     done = rehearse(invoke, preset, data, tmp_path)
     synthia = preset.startswith("synthia")
+    small = {"deeplabv2": "deeplabv2_tiny", "hrnet48-ocr": "hrnet18_ocr",
+             "segformer-b5": "segformer_mit_b0"}[preset.split("-", 1)[1]]
+    run_config = (tmp_path / "selftrain" / "round2" / "config.yaml").read_text()
+    assert f"name: {small}" in run_config
     assert f"source train ({'synthia' if synthia else 'gta5'})" in done["check"]
     assert "all datasets readable" in done["check"]
 
@@ -71,9 +77,11 @@ def test_paper_preset_rehearsal(tmp_path, data, preset):
     assert ev["protocol"] == {"scales": [2.0, 1.0], "flip": False, "run_size": "32x64"}
     assert len(ev["iou"]) == (16 if synthia else 19) and "single_scale" in ev
     assert ("miou13" in ev) == synthia and ("miou13" in ev["single_scale"]) == synthia
-    metrics = json.loads((tmp_path / "selftrain" / "round2" / "metrics.jsonl")
-                         .read_text().splitlines()[-1])
-    assert ("target_val_miou13" in metrics) == synthia
+    history = [json.loads(x) for x in
+               (tmp_path / "selftrain" / "round2" / "metrics.jsonl").read_text().splitlines()]
+    assert ("target_val_miou13" in history[-1]) == synthia
+    # OCR's auxiliary logits train with their own terms (logged as "aux"); the others have none
+    assert any("aux" in m for m in history) == (small == "hrnet18_ocr")
 
     # every exported file records the inference size and makes labels at the frame's size
     for path in (done["onnx"], done["int8"]):
@@ -83,6 +91,17 @@ def test_paper_preset_rehearsal(tmp_path, data, preset):
         assert props["output_resize"].startswith("in the graph: logits bilinear (align_corners)")
     summary = json.loads((done["onnx"].parent / "export.json").read_text())
     assert summary["inference_size"] == list(TRAINED)
+    assert summary["exporter"] == "dynamo"  # the users' exporter, the parity gate below
+    files = {f["format"]: f for f in summary["files"]}
+    assert set(files) == {"onnx", "onnx-int8", "openvino", "openvino-int8"}
+    for name in ("onnx", "openvino"):  # float files: PyTorch's logits, its labels but ties
+        parity = files[name]["parity"]
+        assert parity["pixel_agreement"] >= 99.0
+        if parity["max_abs_logit_diff"] is not None:
+            assert parity["max_abs_logit_diff"] < 1e-4 * max(1.0, parity["max_abs_logit"])
+    for name in ("onnx", "onnx-int8", "openvino", "openvino-int8"):
+        assert files[name]["evaluation"]["miou"] >= 0  # scored on target val by the runtime
+    assert done["openvino"].is_file() and done["openvino"].with_suffix(".bin").is_file()
 
     # an app: raw 64x128 frames in, labels at 64x128 out, computed at 32x64
     frame = np.asarray(Image.open(done["frames"][0]).convert("RGB"))
@@ -108,12 +127,54 @@ def test_paper_preset_rehearsal(tmp_path, data, preset):
         assert (stream.codec_context.height, stream.codec_context.width) == RAW
     assert (done["video"] / "camera_uncertainty.mp4").is_file()
 
+    with Segmenter(done["openvino"], backend="cpu") as seg:  # the IR, through OpenVINO
+        ir_labels = seg(frame)
+        assert ir_labels.shape == RAW
     rows = [r for r in done["bench"]["rows"] if r["status"] == "ok"]
     assert {(Path(r["model"]).name, r["backend"]) for r in rows} >= {
-        ("last", "torch"), ("model.onnx", "ort-cpu"), ("model.int8.onnx", "ort-cpu")}
+        ("last", "torch"), ("model.onnx", "ort-cpu"), ("model.int8.onnx", "ort-cpu"),
+        ("model.xml", "openvino")}
     for row in rows:
         assert row["run_size"] == list(TRAINED) and row["miou"] is not None
         assert (row["miou13"] is not None) == synthia
+
+
+@pytest.mark.slow
+def test_dg_preset_reads_no_target_and_scores_three(tmp_path, data):
+    """The DG preset: warm-up on GTA5 alone (every target dataset moved away while it trains:
+    nothing can read one), then one diga eval on Cityscapes, BDD100K and Mapillary with a row
+    each and their mean, export (calibrated on source images), the runtime and bench."""
+    targets = ("cityscapes", "bdd100k", "mapillary")
+    away = tmp_path / "away"
+    away.mkdir()
+    keys = scaled_overrides("gta5-dg-deeplabv2", data)
+    for name in targets:
+        (data / name).rename(away / name)
+    try:
+        check = invoke("data", "check", "gta5-dg-deeplabv2", *keys)
+        invoke("train", "warmup", "gta5-dg-deeplabv2", *keys, "--out", tmp_path / "warmup", "-q")
+    finally:
+        for name in targets:
+            (away / name).rename(data / name)
+    assert "source train (gta5)" in check and "target" not in check.split("all datasets")[0]
+    history = (tmp_path / "warmup" / "metrics.jsonl").read_text()
+    assert "target_val" not in history  # no target val either
+
+    done = rehearse(invoke, "gta5-dg-deeplabv2", data, tmp_path / "rehearsal")
+    ev = done["eval"]
+    rows = ev["targets"]
+    assert list(rows) == ["cityscapes", "bdd100k", "mapillary"]
+    assert [rows[n]["protocol"]["run_size"] for n in rows] == ["32x64", "23x40", "34x60"]
+    assert ev["mean_miou"] == pytest.approx(sum(r["miou"] for r in rows.values()) / 3)
+    summary = json.loads((done["onnx"].parent / "export.json").read_text())
+    assert any("no target domain (domain generalisation)" in n for n in summary["notes"])
+    assert {f["format"] for f in summary["files"]} == {"onnx", "onnx-int8", "openvino",
+                                                        "openvino-int8"}
+    frame = np.asarray(Image.open(done["frames"][0]).convert("RGB"))
+    with Segmenter(done["int8"], backend="cpu") as seg:
+        assert seg(frame).shape == RAW
+    bench = [r for r in done["bench"]["rows"] if r["status"] == "ok"]
+    assert all(r["miou"] is not None for r in bench)  # bench scored Cityscapes val, as asked
 
 
 @pytest.mark.slow

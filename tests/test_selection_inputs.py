@@ -30,6 +30,9 @@ from diga.train.stages import ensure_centroids, run_selftrain
 from diga.train.steps import Batch, StepSetup, selftrain_step
 from diga.train.translate import build_translator
 
+# the reference's centroid update and weighting (the schema's defaults; the demo preset pools)
+REFERENCE = ["selftrain.centroid_update=per_image", "centroids.weighting=image"]
+
 IGNORE = 255
 
 
@@ -183,7 +186,7 @@ def _step(freeze_bn: bool, *overrides: str):
     image, so the centroid update has (image, class) pairs to take.
     """
     cfg = load_config("demo", TINY + ["train.crop=64x128", "selftrain.centroid_momentum=0.5",
-                                      *overrides])
+                                      *REFERENCE, *overrides])
     torch.manual_seed(0)
     student = build_model("deeplabv2_tiny", 19, freeze_bn=freeze_bn)
     g = torch.Generator().manual_seed(2)
@@ -234,7 +237,7 @@ def test_target_pass_alone_differs_from_the_joint_pass_only_with_batch_statistic
 
 
 def test_step_selects_and_updates_as_the_reference_loops():
-    """Defaults (METHOD, the reference): the teacher on the target batch alone; features after
+    """The reference (METHOD, the schema's defaults): the teacher on the target batch alone; features after
     its dropout; one centroid update per (image, class), target images then mixed sources."""
     batch, start, updated, out, calls = _step(False)
     views, target = calls  # the teacher on [clean; mixed] source views, then on x_t alone
@@ -339,9 +342,33 @@ def test_centroids_of_another_weighting_are_remade(tmp_path, warm):
     cpu = torch.device("cpu")
     pixel = ensure_centroids(load_config("demo", TINY + ["centroids.weighting=pixel"]), run, cpu,
                              quiet=True)
-    image_cfg = load_config("demo", TINY)
+    image_cfg = load_config("demo", TINY + ["centroids.weighting=image"])
     with pytest.raises(StaleInputError, match=r"weighting 'pixel'.*'image' \(centroids.weighting\)"):
         ensure_centroids(image_cfg, run, cpu, quiet=True)
     image = ensure_centroids(image_cfg, run, cpu, quiet=True, regenerate=True)
     assert not torch.allclose(pixel, image)
     assert torch.equal(ensure_centroids(image_cfg, run, cpu, quiet=True), image)  # kept now
+
+
+@pytest.mark.parametrize("target_pass", ["separate", "joint"])
+def test_auxiliary_logits_train_in_either_teacher_pass(target_pass):
+    """HRNet + OCR's auxiliary logits take the CE, KD and class-mix terms whether the teacher
+    sees the target batch alone or with the views (the joint pass split its outputs and dropped
+    the auxiliary ones)."""
+    cfg = load_config("demo", TINY + ["train.crop=32x64", "model.name=hrnet18_ocr",
+                                      f"selftrain.teacher_target_pass={target_pass}"])
+    torch.manual_seed(0)
+    student = build_model("hrnet18_ocr", 19).train()
+    teacher = EMATeacher(student).train_mode(cfg.method.teacher_dropout, cfg.method.teacher_bn)
+    cpu = torch.device("cpu")
+    setup = StepSetup(cfg, student, teacher.model, Precision.from_config(cfg.run, cpu),
+                      PhotometricAugment.from_config(cfg.method.augment),
+                      build_translator(cfg, cpu), torch.Generator().manual_seed(1), Distributed())
+    g = torch.Generator().manual_seed(2)
+    batch = Batch(torch.rand(2, 3, 32, 64, generator=g), torch.randint(0, 19, (2, 32, 64), generator=g),
+                  target=torch.rand(2, 3, 32, 64, generator=g),
+                  pseudo_labels=torch.randint(0, 19, (2, 32, 64), generator=g))
+    out, _ = selftrain_step(setup, batch, torch.rand(19, student.feature_dim, generator=g))
+    assert out.logs["aux"].item() > 0 and torch.isfinite(out.loss)
+    out.loss.backward()
+    assert student.head.aux[0].weight.grad.abs().sum() > 0  # the auxiliary branch learns

@@ -63,3 +63,14 @@ def test_resume_reaches_the_same_weights(tmp_path, tiny, monkeypatch, stage):
         t_full = resolve_checkpoint(tmp_path / "full").teacher()
         t_cut = resolve_checkpoint(tmp_path / "cut").teacher()
         assert all(torch.equal(t_full[k], t_cut[k]) for k in t_full)
+
+
+def test_lr_schedule_poly_with_a_linear_warmup():
+    from diga.train.optim import poly_lr
+
+    assert poly_lr(1.0, 0, 100, 0.9) == 1.0  # no warm-up: METHOD's poly from the start
+    assert poly_lr(1.0, 50, 100, 1.0) == pytest.approx(0.5)
+    ramp = [poly_lr(1.0, s, 100, 1.0, warmup=10) for s in range(12)]
+    assert ramp[0] == pytest.approx(0.1 * 1.0) and ramp[4] == pytest.approx(0.5 * 0.96)
+    assert ramp[9] == pytest.approx(0.91) and ramp[11] == pytest.approx(0.89)  # then poly alone
+    assert all(a < b for a, b in zip(ramp[:9], ramp[1:10], strict=True))

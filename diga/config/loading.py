@@ -97,8 +97,10 @@ def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def read_yaml(source: str | Path | None) -> tuple[dict[str, Any], str]:
-    """Read a preset name or a YAML path; returns the mapping and where it came from."""
+def read_yaml(source: str | Path | None, _depth: int = 0) -> tuple[dict[str, Any], str]:
+    """Read a preset name or a YAML path; returns the mapping and where it came from. A
+    ``base:`` key names a preset (or, in a file, a YAML path relative to it) whose keys this
+    one's are merged over."""
     name = "demo" if source is None else str(source)
     if name in PRESETS:
         text = resources.files("diga.presets").joinpath(f"{name}.yaml").read_text()
@@ -123,6 +125,17 @@ def read_yaml(source: str | Path | None) -> tuple[dict[str, Any], str]:
         raise UserError(f"{where} is not valid YAML{line}", "fix the file's syntax") from None
     if not isinstance(data, dict):
         raise UserError(f"{where} must hold a mapping of config keys", "see the presets for the form")
+    base = data.pop("base", None)
+    if base is not None:  # 'base: PRESET_OR_YAML': its keys, with this file's over them
+        if _depth >= 4:
+            raise UserError(f"{where}: 'base' chains deeper than 4 files", "check for a cycle")
+        base = str(base)
+        if base not in PRESETS:
+            if name in PRESETS:
+                raise UserError(f"{where}: base '{base}' is not a preset", "name a preset")
+            base = str(Path(name).parent / base)  # a path relative to the file that names it
+        parent, _ = read_yaml(base, _depth + 1)
+        data = deep_merge(parent, data)
     return data, where
 
 
@@ -196,7 +209,7 @@ def check_data_paths(cfg: Config, source: bool = True, target: bool = True) -> N
         [("target", cfg.data.target)] if target else []
     )
     for name, dom in domains:
-        if dom.kind == "builtin":
+        if dom.kind in ("builtin", "none"):
             continue
         if dom.root is None:
             raise UserError(

@@ -1,4 +1,5 @@
-"""The typed configuration schema: one pydantic section per part of the tool.
+"""The typed configuration schema: one pydantic section per part of the tool (the deployment
+sections, export and bench, in ``diga.config.deploy``).
 
 Everything the method and the tools use is a field here, with METHOD.md's defaults; types and
 ranges are checked by pydantic before any work starts. Reading presets, files and overrides is
@@ -10,58 +11,27 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import yaml
-from pydantic import (
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
-    Field,
-    PlainSerializer,
-    field_validator,
-)
+from pydantic import Field, field_validator
 
-PRESETS = ("demo", "gta2cs-deeplabv2", "synthia2cs-deeplabv2")
+from diga.config.deploy import BenchConfig, ExportConfig  # noqa: F401  (re-exported)
+from diga.config.types import Section, Size, parse_size  # noqa: F401  (re-exported)
+
+PRESETS = ("demo", "gta2cs-deeplabv2", "synthia2cs-deeplabv2", "gta2cs-hrnet48-ocr",
+           "synthia2cs-hrnet48-ocr", "gta2cs-segformer-b5", "synthia2cs-segformer-b5",
+           "gta5-dg-deeplabv2")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-def parse_size(value: Any) -> tuple[int, int]:
-    """Parse ``"HxW"``, ``[H, W]`` or ``N`` into ``(H, W)``."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        return (value, value)
-    if isinstance(value, str):
-        parts = value.lower().replace(" ", "").split("x")
-        if len(parts) == 2 and all(p.isdigit() for p in parts):
-            return (int(parts[0]), int(parts[1]))
-        raise ValueError(f"expected a size like 512x1024 (HxW), got {value!r}")
-    if isinstance(value, list | tuple) and len(value) == 2:
-        return (int(value[0]), int(value[1]))
-    raise ValueError(f"expected a size like 512x1024 (HxW), got {value!r}")
-
-
-def _check_positive_size(value: tuple[int, int]) -> tuple[int, int]:
-    if value[0] <= 0 or value[1] <= 0:
-        raise ValueError(f"both sides must be positive, got {value[0]}x{value[1]}")
-    return value
-
-
-Size = Annotated[
-    tuple[int, int],
-    BeforeValidator(lambda v: _check_positive_size(parse_size(v))),
-    PlainSerializer(lambda v: f"{v[0]}x{v[1]}", return_type=str),
-]
-
-
-class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
 class DomainData(Section):
     """One domain's dataset."""
 
-    kind: Literal["builtin", "gta5", "synthia", "cityscapes", "folder"] = "builtin"
+    # "none": no dataset (data.target of domain generalisation: trained on the source alone)
+    kind: Literal["builtin", "gta5", "synthia", "cityscapes", "bdd100k", "mapillary",
+                  "folder", "none"] = "builtin"
     root: Path | None = None
     train_split: str = "train"
     val_split: str = "val"
@@ -99,11 +69,23 @@ class DataConfig(Section):
             raise ValueError(f"need 0 < low <= high, got {v}")
         return v
 
+    @field_validator("source")
+    @classmethod
+    def _has_source(cls, v: DomainData) -> DomainData:
+        if v.kind == "none":
+            raise ValueError("every stage trains on the source: give its dataset")
+        return v
+
 
 class ModelConfig(Section):
     name: str = "deeplabv2_resnet101"
-    pretrained: str | None = None  # a weights file, or "imagenet" (torchvision's weights)
+    # a weights file (the backbone's, or a whole model), or "imagenet": the library's ImageNet
+    # weights (torchvision, timm, segmentation-models-pytorch), downloaded to its cache
+    pretrained: str | None = None
     freeze_bn: bool = False
+    # weight of the auxiliary logits' terms (CE, and L_kd where the stage has it) for heads
+    # that have them (OCR: 0.4 in its paper; the reference's HRNet-OCR training uses 0.1)
+    aux_weight: float = Field(0.4, ge=0)
 
 
 class OptimConfig(Section):
@@ -113,6 +95,7 @@ class OptimConfig(Section):
     momentum: float = Field(0.9, ge=0, lt=1)
     weight_decay: float = Field(5e-4, ge=0)
     poly_power: float = Field(0.9, ge=0)
+    warmup_steps: int = Field(0, ge=0)  # a linear lr ramp from 0 over these first steps
 
 
 class TrainConfig(Section):
@@ -287,59 +270,18 @@ class PseudoConfig(Section):
     batch_size: int = Field(4, ge=1)
 
 
+class EvalTarget(DomainData):
+    """A labelled dataset ``diga eval`` scores (its val split at ``resize``): a row of the table."""
+
+    name: str | None = None  # the row's name; None: the kind
+
+
 class EvalConfig(Section):
     scales: list[float] = [1.0]
     flip: bool = False
     batch_size: int = Field(4, ge=1)
-
-
-class ExportConfig(Section):
-    opset: int = Field(18, ge=18)  # the frame graph's Resize takes antialias from opset 18
-    dynamic: bool = True
-    # The size the deployed model runs every image at (recorded in every exported file as its
-    # inference size). None: the target domain's resize (data.target.resize), the scale the
-    # model was trained and evaluated at; with no resize either, each image's own size.
-    input_size: Size | None = None
-    calib_images: int = Field(32, ge=1)
-    calib_method: Literal["minmax", "entropy", "percentile"] = "minmax"
-    # the INT8 IR: converted from the QDQ ONNX (its calibration), or NNCF's own quantisation
-    # of the float IR on the same images
-    openvino_int8: Literal["qdq", "nncf"] = "qdq"
-    parity_images: int = Field(8, ge=1)
-    # the frames an engine takes (its optimisation profile): any size in [min, max], fastest
-    # at opt (the camera's); the network inside runs at the inference size whatever the frame
-    trt_min_size: Size = (256, 512)
-    trt_opt_size: Size = (1024, 2048)
-    trt_max_size: Size = (2048, 4096)
-    trt_max_batch: int = Field(1, ge=1)
-    trt_workspace_gb: float = Field(4.0, gt=0)
-    trt_timing_cache: Path | None = None  # None: <export dir>/trt_timing.cache, reused across builds
-    exporter: Literal["auto", "dynamo", "torchscript"] = "auto"  # auto: dynamo, TorchScript if it fails
-    min_agreement_fp16: float = Field(99.0, ge=0, le=100)  # fp16 ONNX vs PyTorch (%) to build its engine
-    min_agreement: float = Field(99.9, ge=0, le=100)  # fp32 ONNX vs PyTorch pixel agreement (%) required
-    eval_images: int | None = Field(None, ge=1)  # target-val images for the int8/fp16 mIoU; None: all
-
-
-class BenchConfig(Section):
-    """``diga bench``: how long and on what each (model, backend) row is measured."""
-
-    warmup: int = Field(3, ge=0)  # untimed runs before every timed loop (allocations, compile)
-    time_budget_s: float = Field(3.0, gt=0)  # each timed loop runs about this long ...
-    min_iters: int = Field(5, ge=1)  # ... but at least this many times
-    max_iters: int = Field(10000, ge=1)  # ... and at most this many
-    batch_sizes: list[int] = [1]  # throughput (images/s) at each; latency is always at batch 1
-    # Run every model at this (H, W), for latency and mIoU. None: each model at its trained
-    # scale (an exported file's inference size; a checkpoint's export.input_size / target resize)
-    input_size: Size | None = None
-    max_images: int | None = Field(None, ge=1)  # first N target val images for mIoU; None: all
-    matmul_size: int = Field(1024, ge=64)  # n of the n x n float32 matmuls timed for the peak
-
-    @field_validator("batch_sizes")
-    @classmethod
-    def _positive_batches(cls, v: list[int]) -> list[int]:
-        if not v or any(b < 1 for b in v):
-            raise ValueError(f"need one or more batch sizes >= 1, got {v}")
-        return v
+    # Datasets to score, a row each and their mean (domain generalisation); []: data.target
+    targets: list[EvalTarget] = []
 
 
 class RunConfig(Section):

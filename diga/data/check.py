@@ -22,38 +22,50 @@ class SplitReport:
     problems: list[str] = field(default_factory=list)
 
 
-def _splits(cfg: Config) -> list[tuple[str, str, str, object, bool]]:
-    """(key, role, split name, domain config, labels required)."""
+def _splits(cfg: Config) -> list[tuple[str, str, str, str, object, bool]]:
+    """(key, name, role, split name, domain config, labels required): the source train, target
+    train and target val splits, and the val split of every ``eval.targets`` entry."""
     s, t = cfg.data.source, cfg.data.target
-    return [("data.source", "train", s.train_split, s, True),
-            ("data.target", "train", t.train_split, t, False),
-            ("data.target", "val", t.val_split, t, True)]
+    out = [("data.source", "source", "train", s.train_split, s, True)]
+    if t.kind != "none":  # none: domain generalisation, no target images
+        out += [("data.target", "target", "train", t.train_split, t, False),
+                ("data.target", "target", "val", t.val_split, t, True)]
+    for i, e in enumerate(cfg.eval.targets):
+        if e.root is None and e.kind != "builtin":  # a preset's protocol row, not given yet
+            continue
+        name = e.name or e.kind
+        out.append((f"eval.targets[{i}]", f"eval target {name}", "val", e.val_split, e, True))
+    return out
 
 
 def check_datasets(cfg: Config, max_problems: int = 200,
                    progress: Callable[[str, int, int], None] | None = None) -> list[SplitReport]:
-    """Read every image and label of the source train, target train and target val splits.
+    """Read every image and label of the source train, target train and target val splits
+    (and of the val split of each ``eval.targets`` entry).
 
     Reports missing or unreadable files, image/label size mismatches, unknown label ids and
     empty splits. Built-in splits are generated, so they are reported as such.
     """
     protocol = class_protocol(cfg.num_classes)
     reports = []
-    for key, role, split, dom, need_labels in _splits(cfg):
-        report = SplitReport(f"{key.split('.')[1]} {split} ({dom.kind})", str(dom.root or "built-in"))
+    for key, name, role, split, dom, need_labels in _splits(cfg):
+        report = SplitReport(f"{name} {split} ({dom.kind})", str(dom.root or "built-in"))
         reports.append(report)
         if dom.kind == "builtin":
             from diga.data.builtin import BuiltinSpec
 
             b = cfg.data.builtin
             spec = BuiltinSpec(b.seed, tuple(b.size), b.source_train, b.target_train, b.target_val)
-            report.images = report.labelled = spec.count(dom.builtin_domain or key[5:], role)
+            domain = dom.builtin_domain or ("source" if key == "data.source" else "target")
+            report.images = report.labelled = spec.count(domain, role)
             continue
         if dom.root is None:
             report.problems.append(f"{key}.root is not set")
             continue
         try:
             samples = find_samples(dom.kind, dom.root, split, f"{key}.root")
+            decoder = LabelDecoder(dom.kind, protocol, root=dom.root, split=split,
+                                   key=f"{key}.root")
         except UserError as exc:
             report.problems.append(str(exc))
             continue
@@ -61,7 +73,6 @@ def check_datasets(cfg: Config, max_problems: int = 200,
         if not samples:
             report.problems.append(f"split '{split}' is empty under {dom.root}")
             continue
-        decoder = LabelDecoder(dom.kind, protocol)
         for i, sample in enumerate(samples):
             if progress is not None:
                 progress(report.name, i + 1, len(samples))

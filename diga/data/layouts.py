@@ -4,6 +4,11 @@ GTA5         ``images/*.png``, ``labels/*.png`` (Cityscapes label ids, 8-bit)
 SYNTHIA      ``RGB/*.png``, ``GT/LABELS/*.png`` (16-bit, SYNTHIA class id in the first channel)
 Cityscapes   ``leftImg8bit/<split>/<city>/*_leftImg8bit.png``,
              ``gtFine/<split>/<city>/*_gtFine_labelIds.png``
+BDD100K      ``images/10k/<split>/*.jpg``, ``labels/sem_seg/masks/<split>/<stem>.png`` (the 10K
+             semantic segmentation set; 8-bit Cityscapes train ids, 255 ignored); the older
+             download's ``seg/images/<split>/``, ``seg/labels/<split>/<stem>_train_id.png`` too
+Mapillary    ``<split>/images/*.jpg`` and v1.2 or v2.0 labels (``diga.data.mapillary``: versions,
+             split names, its classes mapped to Cityscapes' by name)
 folder       ``images/[<split>/]*``, ``labels/[<split>/]*.png`` (train ids, 8-bit; labels optional)
 
 GTA5 and SYNTHIA have no official split: every image is a training image, unless
@@ -18,6 +23,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from diga.data import mapillary
 from diga.data.classes import IGNORE_INDEX, ClassProtocol
 from diga.errors import UserError
 
@@ -81,6 +87,14 @@ def find_samples(kind: str, root: Path, split: str, key: str) -> list[Sample]:
             label = root / "gtFine" / split / p.parent.name / f"{stem}_gtFine_labelIds.png"
             out.append(Sample(p, label if label.exists() else None, f"{p.parent.name}/{p.name}"))
         return out
+    if kind == "bdd100k":
+        img_dir, lbl_dir, suffix = root / "images/10k" / split, root / "labels/sem_seg/masks", ""
+        if not img_dir.is_dir() and (root / "seg/images" / split).is_dir():  # older download
+            img_dir, lbl_dir, suffix = root / "seg/images" / split, root / "seg/labels", "_train_id"
+        return _paired(img_dir, lbl_dir / split, suffix, kind, key)
+    if kind == "mapillary":
+        where = mapillary.locate(root, split, key)
+        return _paired(where.images, where.labels, "", kind, key)
     if kind == "folder":
         img_dir = root / "images" / split if (root / "images" / split).is_dir() else root / "images"
         lbl_dir = root / "labels" / split if (root / "labels" / split).is_dir() else root / "labels"
@@ -91,6 +105,16 @@ def find_samples(kind: str, root: Path, split: str, key: str) -> list[Sample]:
             out.append(Sample(p, label if label.exists() else None, p.name))
         return out
     raise ValueError(f"unknown dataset kind {kind!r}")
+
+
+def _paired(img_dir: Path, lbl_dir: Path, suffix: str, kind: str, key: str) -> list[Sample]:
+    """Images of a folder and their labels ``<lbl_dir>/<stem><suffix>.png`` (None if absent)."""
+    _require_dir(img_dir, kind, key)
+    out = []
+    for p in _images_in(img_dir):
+        label = lbl_dir / f"{p.stem}{suffix}.png"
+        out.append(Sample(p, label if label.exists() else None, p.name))
+    return out
 
 
 def read_image(path: Path) -> np.ndarray:
@@ -121,6 +145,10 @@ def _read_raw_label(kind: str, path: Path) -> np.ndarray:
         return data.reshape(height, width, planes)[..., 0]  # class id: the first channel
     try:
         with Image.open(path) as im:
+            if kind == "mapillary" and im.mode not in ("P", "L"):
+                raise UserError(f"label {path} is in mode {im.mode}, not Mapillary's label indices",
+                                "use the dataset's labels/ PNGs (palettised: a pixel is an "
+                                "index into the config's labels), not a colour rendering")
             arr = np.asarray(im)
     except FileNotFoundError:
         raise UserError(f"label not found: {path}", "every image needs a label file") from None
@@ -136,17 +164,32 @@ class LabelDecoder:
     """Raw label file -> train ids of a class protocol, with a check for unknown ids."""
 
     def __init__(self, kind: str, protocol: ClassProtocol,
-                 stored: ClassProtocol | None = None) -> None:
+                 stored: ClassProtocol | None = None, root: Path | None = None,
+                 split: str = "val", key: str = "data.root") -> None:
         """``stored``: for a folder layout, the protocol its train ids are in (default
-        ``protocol``); labels are read in ``protocol``, which must be a subset of it."""
+        ``protocol``); labels are read in ``protocol``, which must be a subset of it.
+        ``root``, ``split``: a Mapillary layout's, whose config names its classes."""
         self.kind = kind
         self.num_classes = protocol.num_classes
+        self.what = f"{kind} label ids"
+        self.allow_ignore = kind in ("folder", "bdd100k")  # train-id layouts: 255 is ignore
+        self.hint: str | None = None
         if kind in ("gta5", "cityscapes"):
             self.lut = protocol.label_id_lut()
             self.known = CITYSCAPES_LABEL_IDS
         elif kind == "synthia":
             self.lut = protocol.synthia_lut()
             self.known = SYNTHIA_CLASS_IDS
+        elif kind == "mapillary":
+            where = mapillary.locate(Path(root or "."), split, key)
+            names = mapillary.config_names(where.config)
+            self.lut, self.known = mapillary.label_lut(names, protocol), len(names)
+            self.what = f"mapillary {where.version} label ids"
+            self.hint = f"labels must index the {len(names)} labels of {where.config.name}"
+        elif kind == "bdd100k":  # 19-class train ids
+            self.lut = np.full(256, IGNORE_INDEX, np.uint8)
+            self.lut[:19] = protocol.train19_to_train[:19]
+            self.known = 19
         else:  # folder: train ids of the stored protocol already
             stored = stored or protocol
             self.lut = np.full(256, IGNORE_INDEX, np.uint8)
@@ -155,15 +198,15 @@ class LabelDecoder:
 
     def unknown_ids(self, raw: np.ndarray) -> list[int]:
         ids = np.unique(raw)
-        bad = ids[(ids >= self.known) & ~((self.kind == "folder") & (ids == IGNORE_INDEX))]
+        bad = ids[(ids >= self.known) & ~(self.allow_ignore & (ids == IGNORE_INDEX))]
         return [int(v) for v in bad]
 
     def decode(self, path: Path) -> np.ndarray:
         raw = _read_raw_label(self.kind, path)
         bad = self.unknown_ids(raw)
         if bad:
-            what = "train ids" if self.kind == "folder" else f"{self.kind} label ids"
-            raise UserError(f"label {path} holds unknown {what} {bad[:5]}",
-                            f"labels must use {what} below {self.known}"
-                            + (" or 255" if self.kind == "folder" else ""))
+            what = "train ids" if self.kind == "folder" else self.what
+            hint = self.hint or (f"labels must use {what} below {self.known}"
+                                                   + (" or 255" if self.allow_ignore else ""))
+            raise UserError(f"label {path} holds unknown {what} {bad[:5]}", hint)
         return self.lut[raw]

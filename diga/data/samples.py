@@ -30,6 +30,11 @@ class SampleReader:
         self.split = split
         self.with_labels = with_labels
         self.protocol = class_protocol(num_classes)
+        if domain.kind == "none":
+            raise UserError(f"this needs {key.removeprefix('data.')} images and {key}.kind is none "
+                            "(domain generalisation: no target images)",
+                            f"set {key}.kind and {key}.root, or for diga eval name datasets "
+                            "with --target KIND:ROOT")
         if domain.kind == "builtin":
             self.spec = builtin
             self.builtin_domain = domain.builtin_domain or (
@@ -40,7 +45,8 @@ class SampleReader:
         else:
             self.samples = find_samples(domain.kind, domain.root, split, f"{key}.root")
             self.decoder = LabelDecoder(domain.kind, self.protocol,
-                                        class_protocol(stored_classes or num_classes))
+                                        class_protocol(stored_classes or num_classes),
+                                        root=domain.root, split=split, key=f"{key}.root")
         if not self.samples:
             raise UserError(f"{key}: split '{split}' of {domain.kind} at {domain.root} is empty",
                             f"check {key}.root and {key}.{'train' if split != 'val' else 'val'}_split")
@@ -58,8 +64,16 @@ class SampleReader:
             return tuple(self.spec.size)  # type: ignore[return-value]
         from PIL import Image
 
-        with Image.open(self.samples[index].image) as image:
-            return image.height, image.width
+        path = self.samples[index].image
+        try:
+            with Image.open(path) as image:
+                return image.height, image.width
+        except FileNotFoundError:
+            raise UserError(f"image not found: {path}", "check the dataset folder") from None
+        except (OSError, SyntaxError, ValueError) as exc:
+            raise UserError(f"cannot decode image {path} ({exc.__class__.__name__})",
+                            "the file is corrupt; replace or remove it ('diga data check' "
+                            "lists all)") from None
 
     def size_batches(self, indices: list[int], batch_size: int) -> list[list[int]]:
         """``indices`` in batches of at most ``batch_size`` images of one size: frames of

@@ -1,6 +1,10 @@
-"""Segmentation models: a registry of builders that all return ``SegOutput(logits, features)``."""
+"""Segmentation models: a registry of builders that all return ``SegOutput(logits, features)``
+(and, for heads that have them, auxiliary logits).
 
-from diga.models import deeplabv2, tiny  # noqa: F401  (registers the builders)
+DeepLabV2 (ResNet-18/50/101, torchvision) and the tiny CPU model; HRNet + OCR (timm's HRNet)
+and SegFormer (segmentation-models-pytorch's MiT) with the ``models`` extra."""
+
+from diga.models import deeplabv2, hrnet_ocr, segformer, tiny  # noqa: F401  (registers them)
 from diga.models.registry import (
     SegmentationModel,
     SegOutput,

@@ -19,6 +19,9 @@ class SegOutput(NamedTuple):
     # (B, F, h, w): the map the 1x1 classifier receives, after the head's dropout (the same map
     # in eval mode); before it where the model's ``features_after_dropout`` is False
     features: torch.Tensor
+    # (B, C, h, w) auxiliary logits of heads that have them (OCR's soft object regions), for
+    # their own CE term (``model.aux_weight``); None otherwise
+    aux: torch.Tensor | None = None
 
 
 class SegmentationModel(nn.Module):
@@ -31,6 +34,7 @@ class SegmentationModel(nn.Module):
     """
 
     features_after_dropout: bool = True
+    output_stride: int = 8  # the logits' and features' grid: 8 (DeepLabV2), 4 (HRNet, SegFormer)
 
     def __init__(self, backbone: nn.Module, head: nn.Module, freeze_bn: bool = False) -> None:
         super().__init__()
@@ -53,9 +57,12 @@ class SegmentationModel(nn.Module):
 
     def forward(self, x: torch.Tensor) -> SegOutput:
         features = self.head.features(self.backbone(x))  # (B, F, h, w)
+        aux = None
+        if isinstance(features, tuple):  # a head with auxiliary logits (OCR)
+            features, aux = features
         dropped = self.head.dropout(features)
         return SegOutput(self.head.classifier(dropped),
-                         dropped if self.features_after_dropout else features)
+                         dropped if self.features_after_dropout else features, aux)
 
     def train(self, mode: bool = True) -> SegmentationModel:
         super().train(mode)

@@ -21,6 +21,7 @@ import torch
 from diga.config import Config, check_data_paths, save_config
 from diga.data.classes import class_protocol
 from diga.data.datasets import build_dataset, infinite_loader
+from diga.errors import UserError
 from diga.io import append_jsonl, truncate_jsonl
 from diga.method import EMATeacher, PhotometricAugment
 from diga.models import build_model
@@ -68,9 +69,17 @@ def train_stage(cfg: Config, stage: str, run_dir: Path, resume: bool = False,
     mixture = distil and cfg.warmup.mixture
     needs_target = stage == "selftrain" or (mixture and cfg.warmup.translator == "fda")
 
+    no_target = cfg.data.target.kind == "none"  # domain generalisation: the source alone
+    if no_target and needs_target:
+        what = "self-training" if stage == "selftrain" else "the cross-domain mixture's FDA"
+        raise UserError(f"{what} needs target images, and data.target.kind is none",
+                        "for domain generalisation train the warm-up with warmup.mixture=false "
+                        "(preset gta5-dg-deeplabv2); otherwise set data.target.kind and .root")
+
     # ---- data: a source stream; target images for FDA and self-training; target val to report
     source = build_dataset(cfg, "source", "train", train=True)
-    target_val = build_dataset(cfg, "target", "val", train=False, scales=cfg.eval.scales)
+    target_val = (None if no_target else
+                  build_dataset(cfg, "target", "val", train=False, scales=cfg.eval.scales))
     target = build_dataset(cfg, "target", "train", train=True) if needs_target else None
     if stage == "selftrain":
         from diga.data.pseudo_labels import PseudoLabelDataset
@@ -135,7 +144,8 @@ def train_stage(cfg: Config, stage: str, run_dir: Path, resume: bool = False,
     tic = last_checkpoint = time.perf_counter()
     with StopOnSignal() as stop:
         for step in range(start, steps):
-            lr = poly_lr(cfg.train.optim.lr, step, steps, cfg.train.optim.poly_power)
+            lr = poly_lr(cfg.train.optim.lr, step, steps, cfg.train.optim.poly_power,
+                         cfg.train.optim.warmup_steps)
             set_lr(optimizer, lr)
             batch = Batch.from_loaders(next(source_iter),
                                        next(target_iter) if target_iter is not None else None,
@@ -169,7 +179,8 @@ def train_stage(cfg: Config, stage: str, run_dir: Path, resume: bool = False,
                 save_grid(run_dir / "visuals" / f"step_{done:06d}.png",
                           {**out.visuals, "prediction": prediction, "label": batch.source_labels},
                           palette)
-            if cfg.train.eval_every and done % cfg.train.eval_every == 0 and done != steps:
+            if (cfg.train.eval_every and done % cfg.train.eval_every == 0 and done != steps
+                    and target_val is not None):
                 metrics = evaluate(student, target_val, cfg, device)  # sharded over the ranks
                 if dist.is_main:
                     append_jsonl(run_dir / "metrics.jsonl",
@@ -190,7 +201,8 @@ def train_stage(cfg: Config, stage: str, run_dir: Path, resume: bool = False,
         progress.close()
 
         # Target-val mIoU is reported, never used to pick a checkpoint: the last one is the model.
-        final = evaluate(student, target_val, cfg, device) if target_val.has_labels else None
+        final = (evaluate(student, target_val, cfg, device)
+                 if target_val is not None and target_val.has_labels else None)
         metrics = val_metrics(final) if final else {}
         if dist.is_main:
             append_jsonl(run_dir / "metrics.jsonl", {"step": steps, "final": True, **metrics})

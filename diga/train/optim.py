@@ -1,4 +1,5 @@
-"""The optimiser (backbone 1x, head 10x) and the poly learning-rate schedule."""
+"""The optimiser (backbone 1x, head 10x) and the poly learning-rate schedule (with an optional
+linear warm-up)."""
 
 from __future__ import annotations
 
@@ -23,9 +24,11 @@ def build_optimizer(model: SegmentationModel, cfg: OptimConfig) -> torch.optim.O
                            fused=fused)
 
 
-def poly_lr(base_lr: float, step: int, total: int, power: float) -> float:
-    """lr * (1 - step/total)^power."""
-    return base_lr * (1.0 - step / total) ** power
+def poly_lr(base_lr: float, step: int, total: int, power: float, warmup: int = 0) -> float:
+    """lr * (1 - step/total)^power, times a linear ramp from 0 over the first ``warmup`` steps
+    (SegFormer's and DAFormer's recipe for transformer encoders)."""
+    ramp = min(1.0, (step + 1) / warmup) if warmup > 0 else 1.0
+    return base_lr * ramp * (1.0 - step / total) ** power
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:

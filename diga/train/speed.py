@@ -36,7 +36,8 @@ class Precision:
         with torch.autocast(self.device_type, dtype=self.dtype or torch.float32,
                             enabled=self.dtype is not None):
             out = model(x)
-        return SegOutput(out.logits.float(), out.features.float())
+        return SegOutput(out.logits.float(), out.features.float(),
+                         out.aux.float() if out.aux is not None else None)
 
     def grad_scaler(self) -> torch.amp.GradScaler:
         """A loss scaler for fp16 (its gradients underflow without one); disabled otherwise,

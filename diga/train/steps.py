@@ -127,10 +127,15 @@ def downsample_labels(labels: torch.Tensor, size: tuple[int, int]) -> torch.Tens
 def source_step(s: StepSetup, batch: Batch) -> StepOutput:
     """Source-only: supervised CE on the clean source view (the baseline, ablation)."""
     crop = tuple(batch.source_labels.shape[-2:])
-    z_s = upsample(s.run(s.student, batch.source).logits, crop)
+    out = s.run(s.student, batch.source)
+    z_s = upsample(out.logits, crop)
     ce = s.ce(z_s, batch.source_labels)
     loss = s.cfg.warmup.ce_weight * ce
-    return StepOutput(loss, {"ce": ce}, {"source": batch.source}, z_s)
+    logs: dict[str, LogValue] = {"ce": ce}
+    if out.aux is not None:  # a head's auxiliary logits (OCR): their own CE
+        logs["aux"] = s.ce(upsample(out.aux, crop), batch.source_labels)
+        loss = loss + s.cfg.model.aux_weight * s.cfg.warmup.ce_weight * logs["aux"]
+    return StepOutput(loss, logs, {"source": batch.source}, z_s)
 
 
 def warmup_step(s: StepSetup, batch: Batch) -> StepOutput:
@@ -150,7 +155,12 @@ def warmup_step(s: StepSetup, batch: Batch) -> StepOutput:
     # 4. CE keeps the source labels in the loop; L_kd teaches each view by the other's teacher.
     ce, kd, z_s = source_losses(s, batch, out_s.logits, out_t.logits)
     loss = w.ce_weight * ce + w.kd_weight * kd
-    return StepOutput(loss, {"ce": ce, "kd": kd}, visuals, z_s)
+    logs: dict[str, LogValue] = {"ce": ce, "kd": kd}
+    if out_s.aux is not None:  # the auxiliary logits (OCR) take the same two terms
+        aux_ce, aux_kd, _ = source_losses(s, batch, out_s.aux, out_t.aux)
+        logs["aux"] = w.ce_weight * aux_ce + w.kd_weight * aux_kd
+        loss = loss + s.cfg.model.aux_weight * logs["aux"]
+    return StepOutput(loss, logs, visuals, z_s)
 
 
 def selftrain_step(s: StepSetup, batch: Batch,
@@ -177,8 +187,11 @@ def selftrain_step(s: StepSetup, batch: Batch,
             out_t, out_tt = s.run(s.teacher, views), s.run(s.teacher, batch.target)
         else:
             joint = s.run(s.teacher, torch.cat([views, batch.target]))
-            out_t = SegOutput(joint.logits[:two_b], joint.features[:two_b])
-            out_tt = SegOutput(joint.logits[two_b:], joint.features[two_b:])
+
+            def rows(part: slice) -> SegOutput:  # logits, features and aux of those images
+                return SegOutput(*(None if t is None else t[part] for t in joint))
+
+            out_t, out_tt = rows(slice(None, two_b)), rows(slice(two_b, None))
     ce, kd, z_s = source_losses(s, batch, out_s.logits[:two_b], out_t.logits)
 
     # 2. Threshold-free selection: keep a pseudo-label only where the class of the nearest
@@ -220,6 +233,11 @@ def selftrain_step(s: StepSetup, batch: Batch,
     loss = st.ce_weight * ce + st.mix_weight * ce_mix + st.kd_weight * kd
     logs = {"ce": ce, "kd": kd, "ce_mix": ce_mix,
             **selection_stats(p_raw, p, batch.target_labels, ignore)}
+    if out_s.aux is not None:  # the auxiliary logits (OCR) take the same three terms
+        aux_ce, aux_kd, _ = source_losses(s, batch, out_s.aux[:two_b], out_t.aux)
+        aux_mix = s.ce(upsample(out_s.aux[two_b:], tuple(y_cm.shape[-2:])), y_cm)
+        logs["aux"] = st.ce_weight * aux_ce + st.mix_weight * aux_mix + st.kd_weight * aux_kd
+        loss = loss + cfg.model.aux_weight * logs["aux"]
     visuals.update(target=batch.target, class_mix=x_cm, pseudo=p_raw, selected=p)
     return StepOutput(loss, logs, visuals, z_s), centroids
 
