@@ -300,6 +300,7 @@ def test_target_specs():
     assert (t.name, str(t.root), t.resize, t.val_split) == (None, "/data/a,b:c", None, "val@v2.0")
     assert parse_target("builtin").kind == "builtin"
     for spec, message in (("bdd:/x", "unknown dataset kind 'bdd'"),
+                          ("none:/x", "unknown dataset kind 'none'"),  # no dataset to score
                           ("bdd100k", "no dataset folder"),
                           ("bdd100k:/x,rezise=1x2", "unknown option 'rezise'"),
                           ("bdd100k:/x,resize=big", "resize: expected a size")):

@@ -32,7 +32,8 @@ from diga.config import Config, DomainData, build_config
 from diga.config.schema import EvalTarget
 from diga.errors import UserError
 
-KINDS = get_args(DomainData.model_fields["kind"].annotation)
+# every layout but ``none`` (no dataset: domain generalisation's target)
+KINDS = tuple(k for k in get_args(DomainData.model_fields["kind"].annotation) if k != "none")
 OPTIONS = ("resize", "val_split")
 FORM = "[NAME=]KIND:ROOT[,resize=HxW][,val_split=SPLIT]"
 EXAMPLE = "--target bdd100k:/data/bdd100k,resize=360x640"
