@@ -11,14 +11,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from diga.cli.common import Overrides, console, err_console
-
-
-def _size(n: int) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n} B"
+from diga.io import human_bytes
 
 
 def export_command(
@@ -110,7 +103,7 @@ def export_command(
     for f in summary.files:
         p, e = f.parity or {}, f.evaluation or {}
         diff = p.get("max_abs_logit_diff")
-        table.add_row(f.path.name, f.precision, _size(f.size_bytes),
+        table.add_row(f.path.name, f.precision, human_bytes(f.size_bytes),
                       f"{p['pixel_agreement']:.3f}" if p else "-",
                       f"{diff:.2e}" if diff is not None else "-",
                       f"{e['miou']:.2f}" if e else "-",

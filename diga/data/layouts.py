@@ -98,12 +98,7 @@ def find_samples(kind: str, root: Path, split: str, key: str) -> list[Sample]:
     if kind == "folder":
         img_dir = root / "images" / split if (root / "images" / split).is_dir() else root / "images"
         lbl_dir = root / "labels" / split if (root / "labels" / split).is_dir() else root / "labels"
-        _require_dir(img_dir, kind, key)
-        out = []
-        for p in _images_in(img_dir):
-            label = lbl_dir / f"{p.stem}.png"
-            out.append(Sample(p, label if label.exists() else None, p.name))
-        return out
+        return _paired(img_dir, lbl_dir, "", kind, key)
     raise ValueError(f"unknown dataset kind {kind!r}")
 
 

@@ -19,14 +19,12 @@ Output stride 4.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from diga.models.registry import SegmentationModel, register_model
-from diga.models.timm_backbones import is_full_model_file, timm_features
+from diga.models.timm_backbones import library_model, timm_features
 
 
 def _conv_bn_relu(cin: int, cout: int, kernel: int = 1) -> nn.Sequential:
@@ -93,15 +91,9 @@ def _hrnet_ocr(timm_name: str, num_classes: int, pretrained: str | None,
                freeze_bn: bool) -> SegmentationModel:
     """``pretrained``: None, ``"imagenet"`` (timm's), a backbone file in timm's layout, or a
     whole diga model of this architecture."""
-    from diga.models.deeplabv2 import load_pretrained
-
-    whole = pretrained not in (None, "imagenet") and is_full_model_file(Path(pretrained))
-    backbone = HRNetBranches(timm_name, None if whole else pretrained)
-    model = SegmentationModel(backbone, OCRHead(backbone.out_channels, num_classes), freeze_bn)
-    model.output_stride = 4
-    if whole:
-        load_pretrained(model, Path(pretrained))
-    return model
+    return library_model(lambda weights: HRNetBranches(timm_name, weights),
+                         lambda body: OCRHead(body.out_channels, num_classes),
+                         pretrained, freeze_bn, output_stride=4)
 
 
 @register_model

@@ -11,14 +11,12 @@ the centroids use. Output stride 4.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from diga.models.registry import SegmentationModel, register_model
-from diga.models.timm_backbones import INSTALL, is_full_model_file, smp_encoder
+from diga.models.timm_backbones import INSTALL, library_model, smp_encoder
 
 
 class MiTEncoder(nn.Module):
@@ -56,16 +54,9 @@ class SegFormerHead(nn.Module):
 
 def _segformer(encoder: str, num_classes: int, pretrained: str | None, freeze_bn: bool,
                embed: int) -> SegmentationModel:
-    from diga.models.deeplabv2 import load_pretrained
-
-    whole = pretrained not in (None, "imagenet") and is_full_model_file(Path(pretrained))
-    backbone = MiTEncoder(encoder, None if whole else pretrained)
-    head = SegFormerHead(backbone.out_channels, num_classes, embed)
-    model = SegmentationModel(backbone, head, freeze_bn)
-    model.output_stride = 4
-    if whole:
-        load_pretrained(model, Path(pretrained))
-    return model
+    return library_model(lambda weights: MiTEncoder(encoder, weights),
+                         lambda body: SegFormerHead(body.out_channels, num_classes, embed),
+                         pretrained, freeze_bn, output_stride=4)
 
 
 @register_model

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -62,6 +62,25 @@ def is_full_model_file(path: Path) -> bool:
 
     return any(k.removeprefix("module.").startswith(("backbone.", "head."))
                for k in read_weights(path))
+
+
+def library_model(backbone: Callable[[str | None], nn.Module],
+                  head: Callable[[nn.Module], nn.Module], pretrained: str | None,
+                  freeze_bn: bool, output_stride: int) -> Any:
+    """A ``SegmentationModel`` of a library backbone (``backbone(weights)``) and our head
+    (``head(backbone)``). ``pretrained``: None, ``"imagenet"`` (the library's), a backbone
+    file in the library's layout (the backbone loads it), or a whole diga model of this
+    architecture (loaded into the assembled model)."""
+    from diga.models.deeplabv2 import load_pretrained
+    from diga.models.registry import SegmentationModel
+
+    whole = pretrained not in (None, "imagenet") and is_full_model_file(Path(pretrained))
+    body = backbone(None if whole else pretrained)
+    model = SegmentationModel(body, head(body), freeze_bn)
+    model.output_stride = output_stride
+    if whole:
+        load_pretrained(model, Path(pretrained))  # type: ignore[arg-type]
+    return model
 
 
 def timm_features(name: str, pretrained: str | None, **kwargs: Any) -> nn.Module:
