@@ -88,12 +88,13 @@ def _reflow_help(typer_app: typer.Typer) -> None:
 
 
 def _register() -> None:
-    from diga.cli import bench, data, demo, evaluate, export, predict, pseudo, train
+    from diga.cli import bench, config, data, evaluate, export, predict, pseudo, run, runs, train
 
     app.add_typer(data.app, name="data")
+    app.add_typer(config.app, name="config")
     app.add_typer(train.app, name="train")
     app.command("eval")(evaluate.eval_command)
-    for module in (pseudo, export, predict, bench, demo):
+    for module in (run, pseudo, export, predict, bench, runs):
         module.register(app)
     _reflow_help(app)
 

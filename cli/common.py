@@ -88,7 +88,9 @@ def launch_on_devices(devices: int, run, args: list[str], max_restarts: int = 0)
     where = check_devices(devices, run)
     err_console.print(f"torchrun: {where}" + (f", up to {max_restarts} restarts" if max_restarts
                                                else ""), highlight=False)
-    proc = subprocess.Popen(torchrun_command(devices, args, max_restarts))
+    # the workers leave the job's status.json to this process (diga.status)
+    proc = subprocess.Popen(torchrun_command(devices, args, max_restarts),
+                            env={**os.environ, "DIGA_NO_STATUS": "1"})
     received: list[str] = []
 
     def forward(signum: int, frame: object) -> None:

@@ -15,6 +15,7 @@ from diga.cli.common import (
     Resume,
     console,
     launch_on_devices,
+    split_config_args,
     stage_config,
 )
 from diga.config import Config
@@ -55,6 +56,20 @@ def _report(stage: str, run_dir: Path, metrics: dict, no_target: bool = False) -
     console.print(f"[green]{stage} done[/]: {run_dir}  ({tail})")
 
 
+def _round_stages(cfg: Config) -> list:
+    """Self-training's rounds as a job's stages, on the time axis after the init run."""
+    from diga.checkpoint import has_checkpoint, resolve_checkpoint
+    from diga.status import StageInfo
+
+    init, steps = cfg.selftrain.init, cfg.stage_steps("selftrain")
+    axis = 0
+    if init is not None and has_checkpoint(init):
+        ckpt = resolve_checkpoint(init)
+        axis = int(ckpt.meta.get("axis_start", 0)) + ckpt.step
+    return [StageInfo(f"selftrain round {r}", f"round{r}", steps, axis + (r - 1) * steps)
+            for r in range(1, cfg.selftrain.rounds + 1)]
+
+
 def _check_before_launch(cfg: Config, devices: int, stage: str) -> None:
     """The user errors a torchrun job would hit, caught before its processes start."""
     from diga.config import check_data_paths
@@ -73,6 +88,7 @@ def _flags(out: Path, resume: bool, quiet: bool, auto: bool = False) -> list[str
 
 def _train(stage: str, args: list[str] | None, out: Path | None, resume: bool, quiet: bool,
            devices: int | None = None, auto_resume: bool = False, max_restarts: int = 0) -> None:
+    from diga.status import JobStatus, StageInfo
     from diga.train.distributed import destroy_distributed, init_distributed
     from diga.train.loop import train_stage
     from diga.train.stages import default_run_dir, prepare_run_dir
@@ -82,16 +98,22 @@ def _train(stage: str, args: list[str] | None, out: Path | None, resume: bool, q
     cfg = stage_config(args, out, resume)
     run_dir = out or default_run_dir(stage)
     prepare_run_dir(run_dir, resume, stage, fresh_ok=auto)
+    job = JobStatus(run_dir, split_config_args(args)[0],
+                    [StageInfo(stage, ".", cfg.stage_steps(stage), 0)])
     if devices is not None and devices > 1:  # the same command again, under torchrun
         _check_before_launch(cfg, devices, stage)
-        launch_on_devices(devices, cfg.run, ["train", stage, *(args or []),
-                                             *_flags(run_dir, resume, quiet, auto)],
-                          max_restarts)
+        with job:
+            job.begin(stage)
+            launch_on_devices(devices, cfg.run, ["train", stage, *(args or []),
+                                                 *_flags(run_dir, resume, quiet, auto)],
+                              max_restarts)
         return
     dist, _ = init_distributed(cfg.run)  # under torchrun: join the job; else one process
     try:
         dist.barrier()  # every rank checked the run directory before rank 0 writes into it
-        result = train_stage(cfg, stage, run_dir, resume=resume, show_progress=not quiet)
+        with job:
+            job.begin(stage)
+            result = train_stage(cfg, stage, run_dir, resume=resume, show_progress=not quiet)
     finally:
         destroy_distributed()
     if dist.is_main:
@@ -151,6 +173,7 @@ def selftrain(
     """
     from diga.config import save_config
     from diga.errors import UserError
+    from diga.status import JobStatus
     from diga.train.distributed import destroy_distributed, init_distributed
     from diga.train.stages import default_run_dir, prepare_run_dir, run_selftrain
 
@@ -169,20 +192,32 @@ def selftrain(
     run_dir = out or default_run_dir("selftrain")
     if not resume:
         prepare_run_dir(run_dir, False, "selftrain", fresh_ok=auto)
+    job = JobStatus(run_dir, split_config_args(args)[0], _round_stages(cfg))
     if devices is not None and devices > 1:
         _check_before_launch(cfg, devices, "selftrain")
         extra = ["--init", str(cfg.selftrain.init), "--rounds", str(cfg.selftrain.rounds),
                  *(["--regenerate"] if regenerate else [])]
-        launch_on_devices(devices, cfg.run, ["train", "selftrain", *(args or []), *extra,
-                                             *_flags(run_dir, resume, quiet, auto)], max_restarts)
+        with job:
+            job.begin("selftrain round 1")
+            launch_on_devices(devices, cfg.run, ["train", "selftrain", *(args or []), *extra,
+                                                 *_flags(run_dir, resume, quiet, auto)],
+                              max_restarts)
         return
+
+    def on_round(r: int, done: bool) -> None:
+        if r > 1:
+            job.finish(f"selftrain round {r - 1}")
+        (job.skip if done else job.begin)(f"selftrain round {r}")
+
     dist, _ = init_distributed(cfg.run)
     try:
         dist.barrier()  # every rank checked the run directory before rank 0 writes into it
         if dist.is_main:
             save_config(cfg, run_dir / "config.yaml")
-        results = run_selftrain(cfg, cfg.selftrain.init, run_dir, resume=resume,
-                                show_progress=not quiet, regenerate=regenerate)
+        with job:
+            results = run_selftrain(cfg, cfg.selftrain.init, run_dir, resume=resume,
+                                    show_progress=not quiet, regenerate=regenerate,
+                                    on_round=on_round)
     finally:
         destroy_distributed()
     if dist.is_main:

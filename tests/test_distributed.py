@@ -336,15 +336,22 @@ def test_pseudo_label_shards_cover_the_target_set_once(ddp, tiny):
 
 @pytest.mark.slow
 def test_devices_flag_launches_torchrun(tmp_path):
-    out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "diga.cli.app", "train", "warmup", "demo", *TINY,
-           "train.steps=2", "--devices", "2", "--out", str(out), "--quiet"]
+    """diga run --devices 2: its training stage under torchrun (diga train warmup in each
+    process), the job's status.json written by the launching process alone."""
+    job = tmp_path / "job"
+    out = job / "warmup"
+    cmd = [sys.executable, "-m", "diga.cli.app", "run", "demo", *TINY, "train.steps=2",
+           "pipeline.baseline=false", "--devices", "2", "--until", "warmup", "--out", str(job), "--quiet"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     ckpt = resolve_checkpoint(out)
     assert ckpt.step == 2 and ckpt.meta["world_size"] == 2
     assert "warmup done" in proc.stdout and proc.stdout.count("warmup done") == 1
+    status = json.loads((job / "status.json").read_text())
+    assert status["state"] == "finished"
+    assert [s["state"] for s in status["stages"][:2]] == ["finished", "pending"]
+    assert not (out / "status.json").exists()  # the workers left it to the launcher
     model, cfg, _ = load_model(out)  # a DDP run loads in one process
     assert cfg.train.steps == 2 and not model.training
     proc = subprocess.run([sys.executable, "-m", "diga.cli.app", "pseudo", str(out), "--devices",

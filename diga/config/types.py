@@ -36,4 +36,8 @@ Size = Annotated[
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    """A config section. Every field has an attribute docstring below it: pydantic reads it as
+    the field's description, the one source of what a key means (``diga config keys``)."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True,
+                              use_attribute_docstrings=True)

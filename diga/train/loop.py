@@ -13,6 +13,7 @@ the ranks' agreement on stopping and checkpointing under DDP (none in one proces
 
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 
@@ -22,7 +23,6 @@ from diga.config import Config, check_data_paths, save_config
 from diga.data.classes import class_protocol
 from diga.data.datasets import build_dataset, infinite_loader
 from diga.errors import UserError
-from diga.io import append_jsonl, truncate_jsonl
 from diga.method import EMATeacher, PhotometricAugment
 from diga.models import build_model
 from diga.train.distributed import (
@@ -37,6 +37,7 @@ from diga.train.evaluate import evaluate, val_metrics
 from diga.train.optim import build_optimizer, poly_lr, set_lr
 from diga.train.progress import StepProgress
 from diga.train.run import SelftrainInputs, StageResult, TrainState, seed_everything
+from diga.train.runlog import RunLog
 from diga.train.signals import StopOnSignal, run_stopped
 from diga.train.speed import Precision, maybe_compile, to_memory_format, tune_backends
 from diga.train.steps import Batch, StepSetup, read_logs, selftrain_step, source_step, warmup_step
@@ -47,13 +48,16 @@ STAGES = ("source", "warmup", "selftrain")
 
 
 def train_stage(cfg: Config, stage: str, run_dir: Path, resume: bool = False,
-                selftrain: SelftrainInputs | None = None, show_progress: bool = True) -> StageResult:
+                selftrain: SelftrainInputs | None = None, show_progress: bool = True,
+                axis_start: int = 0) -> StageResult:
     """Train one stage into ``run_dir``; returns the final step and target-val metrics.
 
     Args:
         stage: ``source`` (CE only), ``warmup`` (METHOD stage 1), ``selftrain`` (stage 2).
         resume: continue from ``run_dir/checkpoints/last``.
         selftrain: init checkpoint, pseudo-labels and centroids (stage 2 only).
+        axis_start: where this stage's step 0 lies on the job's time axis (TensorBoard): 0 for
+            a stage trained from scratch, the steps before it for a self-training round.
     """
     if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}")
@@ -123,8 +127,10 @@ def train_stage(cfg: Config, stage: str, run_dir: Path, resume: bool = False,
     start = int(saved["step"])
     if not resume and dist.is_main:
         save_config(cfg, run_dir / "config.yaml")
-    if dist.is_main:  # the steps after the checkpoint are trained again: one history
-        truncate_jsonl(run_dir / "metrics.jsonl", start)
+    # metrics.jsonl and TensorBoard; the steps after the checkpoint are trained again: one history
+    log = RunLog(run_dir, start, axis_start, cfg.train.tensorboard) if dist.is_main else None
+    if log is not None and not resume:
+        log.text("config", f"```yaml\n{cfg.to_yaml()}```")
     # Each rank reads positions rank, rank + W, ... of the global stream: together one batch.
     loader_args = (start, cfg.data.num_workers, dist.rank, dist.world_size, device)
     source_iter = infinite_loader(source, batch_size, cfg.run.seed, *loader_args)
@@ -133,7 +139,8 @@ def train_stage(cfg: Config, stage: str, run_dir: Path, resume: bool = False,
     if resume:  # after the loaders: creating one draws from the global RNG
         restore_rng(saved, dist, mix_generator, device, cfg.run.seed)
     meta = {"stage": stage, "steps": steps, "config": cfg.to_dict(), "config_hash": cfg.hash(),
-            "init": str(selftrain.init.folder) if selftrain is not None else None}
+            "init": str(selftrain.init.folder) if selftrain is not None else None,
+            "axis_start": axis_start}
 
     student.train()
     if teacher is not None:  # the student's mode, dropout as method.teacher_dropout
@@ -142,7 +149,7 @@ def train_stage(cfg: Config, stage: str, run_dir: Path, resume: bool = False,
     progress = StepProgress(stage, steps, start, enabled=show_progress and dist.is_main)
     palette, logged = class_protocol(cfg.num_classes).palette, {}
     tic = last_checkpoint = time.perf_counter()
-    with StopOnSignal() as stop:
+    with StopOnSignal() as stop, log or contextlib.nullcontext():
         for step in range(start, steps):
             lr = poly_lr(cfg.train.optim.lr, step, steps, cfg.train.optim.poly_power,
                          cfg.train.optim.warmup_steps)
@@ -169,22 +176,21 @@ def train_stage(cfg: Config, stage: str, run_dir: Path, resume: bool = False,
             if log_now:  # the global batch's values: one reduction, one copy to the host
                 logged = read_logs({**out.logs, "loss": out.loss}, dist)
             progress.update(done, logged)
-            if log_now and dist.is_main:
-                append_jsonl(run_dir / "metrics.jsonl", {
-                    "step": done, "lr": lr, **logged,
-                    "sec_per_step": (time.perf_counter() - tic) / (done - start)})
-            if (dist.is_main and cfg.train.visual_every
+            if log_now and log is not None:
+                log.record({"step": done, "lr": lr, **logged,
+                            "sec_per_step": (time.perf_counter() - tic) / (done - start)})
+            if (log is not None and cfg.train.visual_every
                     and (done % cfg.train.visual_every == 0 or done == steps)):
                 prediction = out.source_logits.detach().argmax(1)
-                save_grid(run_dir / "visuals" / f"step_{done:06d}.png",
-                          {**out.visuals, "prediction": prediction, "label": batch.source_labels},
-                          palette)
+                grid = save_grid(run_dir / "visuals" / f"step_{done:06d}.png",
+                                 {**out.visuals, "prediction": prediction,
+                                  "label": batch.source_labels}, palette)
+                log.image("visuals", grid, done)
             if (cfg.train.eval_every and done % cfg.train.eval_every == 0 and done != steps
                     and target_val is not None):
                 metrics = evaluate(student, target_val, cfg, device)  # sharded over the ranks
-                if dist.is_main:
-                    append_jsonl(run_dir / "metrics.jsonl",
-                                 {"step": done, **val_metrics(metrics, brief=True)})
+                if log is not None:  # mIoU and per-class IoU
+                    log.record({"step": done, **val_metrics(metrics)})
 
             # SIGTERM / Ctrl-C, or train.checkpoint_minutes: every rank at the same step
             due = (cfg.train.checkpoint_minutes is not None and
@@ -193,6 +199,8 @@ def train_stage(cfg: Config, stage: str, run_dir: Path, resume: bool = False,
             if done == steps:
                 break
             if halt or due or done % cfg.train.checkpoint_every == 0:
+                if log is not None:  # every event before the checkpoint on disk
+                    log.flush()
                 state.save(run_dir, dist, device, done, {**meta, "metrics": {}})
                 last_checkpoint = time.perf_counter()
             if halt:
@@ -204,8 +212,9 @@ def train_stage(cfg: Config, stage: str, run_dir: Path, resume: bool = False,
         final = (evaluate(student, target_val, cfg, device)
                  if target_val is not None and target_val.has_labels else None)
         metrics = val_metrics(final) if final else {}
-        if dist.is_main:
-            append_jsonl(run_dir / "metrics.jsonl", {"step": steps, "final": True, **metrics})
+        if log is not None:
+            log.record({"step": steps, "final": True, **metrics})
+            log.flush()
         state.save(run_dir, dist, device, steps, {**meta, "metrics": metrics})
         if dist.any_rank(stop.requested is not None)[0]:  # signalled in the last step: it is
             raise run_stopped(stop.requested or "SIGTERM", stage, steps, steps, run_dir)  # done

@@ -56,6 +56,8 @@ def run_stopped(signal_name: str, stage: str, step: int, steps: int, run_dir: Pa
     """The one line a stopped run prints: where its checkpoint is and the command to go on."""
     argv = [a for a in sys.argv[1:] if a not in ("--resume", "--auto-resume")]
     command = "diga " + " ".join(shlex.quote(a) for a in argv) if argv else f"diga train {stage}"
+    if not argv or argv[0] not in ("run", "demo"):  # a job (diga run) continues by itself
+        command += " --resume"
     return RunStopped(f"stopped by {signal_name} at step {step}/{steps} of {stage}: checkpoint "
-                      f"{Path(run_dir) / 'checkpoints' / 'last'}; go on with: {command} --resume",
+                      f"{Path(run_dir) / 'checkpoints' / 'last'}; go on with: {command}",
                       EXIT_CODES.get(signal_name, 0))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from diga.train.pseudo import (
     make_pseudo_labels,
 )
 from diga.train.run import SelftrainInputs, StageResult, check_resumable
+from diga.train.runlog import EVENTS
 
 console = Console(stderr=True)
 
@@ -37,7 +39,14 @@ def default_run_dir(stage: str, root: Path = Path("runs")) -> Path:
 
 
 # what a run killed before its first checkpoint leaves: ``--auto-resume`` starts it afresh
-BEFORE_FIRST_CHECKPOINT = {"config.yaml", "metrics.jsonl", "visuals", "checkpoints"}
+BEFORE_FIRST_CHECKPOINT = {"config.yaml", "metrics.jsonl", "visuals", "checkpoints",
+                           "status.json"}
+
+
+def _before_first_checkpoint(path: Path) -> bool:
+    """Only what a run killed before its first checkpoint writes (TensorBoard events too)."""
+    return all(p.name in BEFORE_FIRST_CHECKPOINT or p.name.startswith(EVENTS)
+               for p in path.iterdir()) and not has_checkpoint(path)
 
 
 def prepare_run_dir(path: Path, resume: bool, stage: str, fresh_ok: bool = False) -> None:
@@ -47,10 +56,10 @@ def prepare_run_dir(path: Path, resume: bool, stage: str, fresh_ok: bool = False
         raise UserError(f"output path {path} exists and is a file", "choose a folder with --out")
     if resume:
         check_resumable(path, stage)
-    elif fresh_ok and path.is_dir() and {p.name for p in path.iterdir()} <= BEFORE_FIRST_CHECKPOINT \
-            and not has_checkpoint(path):
+    elif fresh_ok and path.is_dir() and _before_first_checkpoint(path):
         return
-    elif path.is_dir() and any(path.iterdir()):
+    elif path.is_dir() and any(p.name != "status.json" for p in path.iterdir()):
+        # status.json alone: the job's, written by the process that launched this one
         raise UserError(f"run directory {path} already exists and is not empty",
                         "pass --resume to continue it, or choose another --out")
 
@@ -140,21 +149,28 @@ def finished_metrics(run_dir: Path, steps: int) -> dict[str, Any] | None:
 
 
 def run_selftrain(cfg: Config, init: Path, out: Path, resume: bool = False,
-                  show_progress: bool = True, regenerate: bool = False) -> list[StageResult]:
+                  show_progress: bool = True, regenerate: bool = False,
+                  on_round: Callable[[int, bool], None] | None = None) -> list[StageResult]:
     """Self-training rounds ``out/round1``, ``out/round2``, ...; round r starts from round r-1.
 
     Each round's pseudo-labels and centroids are those of the model it starts from (made when
     absent; ``regenerate``: made again where another model, data or scale made them). Under
     torchrun every rank runs this; pseudo-labelling and centroids are sharded over them.
+    ``on_round(r, done)`` is called as round r begins (``done``: finished earlier, skipped).
     """
     _, device = init_distributed(cfg.run)
-    resolve_checkpoint(init)  # a clear error when the warm-up run does not exist
+    init_ckpt = resolve_checkpoint(init)  # a clear error when the warm-up run does not exist
+    # the job's time axis (TensorBoard): round 1 starts where its init run ended
+    axis = int(init_ckpt.meta.get("axis_start", 0)) + init_ckpt.step
     results = []
     for r in range(1, cfg.selftrain.rounds + 1):
         round_dir = out / f"round{r}"
         init_dir = init if r == 1 else out / f"round{r - 1}"
         steps = cfg.stage_steps("selftrain")
+        axis_start, axis = axis, axis + steps
         metrics = finished_metrics(round_dir, steps)
+        if on_round is not None:
+            on_round(r, metrics is not None)
         if metrics is not None:
             results.append(StageResult(round_dir, steps, metrics))
             continue  # finished before an interruption
@@ -165,5 +181,6 @@ def run_selftrain(cfg: Config, init: Path, out: Path, resume: bool = False,
         inputs = SelftrainInputs(resolve_checkpoint(init_dir), pseudo_dir, centroids)
         resuming = resume and has_checkpoint(round_dir)
         results.append(train_stage(cfg, "selftrain", round_dir, resume=resuming,
-                                   selftrain=inputs, show_progress=show_progress))
+                                   selftrain=inputs, show_progress=show_progress,
+                                   axis_start=axis_start))
     return results

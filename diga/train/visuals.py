@@ -25,8 +25,10 @@ def _to_rgb(x: torch.Tensor, palette: np.ndarray) -> np.ndarray:
     return (x.clamp(0, 1).permute(1, 2, 0).numpy() * 255).astype(np.uint8)
 
 
-def save_grid(path: Path, columns: dict[str, torch.Tensor], palette: np.ndarray, rows: int = 4) -> None:
-    """``columns``: name -> batch of images (B, 3, H, W) or label maps (B, H, W), same H, W."""
+def save_grid(path: Path, columns: dict[str, torch.Tensor], palette: np.ndarray,
+              rows: int = 4) -> np.ndarray:
+    """``columns``: name -> batch of images (B, 3, H, W) or label maps (B, H, W), same H, W.
+    Writes the grid as a PNG and returns it, (H, W, 3) uint8."""
     names = list(columns)
     n = min(rows, *(len(v) for v in columns.values()))
     tiles = [[_to_rgb(columns[name][i], palette) for name in names] for i in range(n)]
@@ -41,3 +43,4 @@ def save_grid(path: Path, columns: dict[str, torch.Tensor], palette: np.ndarray,
     for c, name in enumerate(names):
         draw.text((c * w + 3, 1), name, fill=(0, 0, 0))
     atomic_write(path, lambda p: image.save(p, format="PNG"))
+    return np.asarray(image)

@@ -31,10 +31,11 @@ from diga.data.classes import class_protocol
 from diga.data.datasets import build_dataset, infinite_loader
 from diga.device import select_device
 from diga.errors import UserError
-from diga.io import append_jsonl, atomic_write_json, truncate_jsonl
+from diga.io import atomic_write_json
 from diga.models.weights import read_weights
 from diga.train.progress import StepProgress
 from diga.train.run import StageResult, check_resumable, seed_everything
+from diga.train.runlog import RunLog
 from diga.train.signals import StopOnSignal, run_stopped
 from diga.train.visuals import save_grid
 from diga.translator.losses import (
@@ -146,11 +147,15 @@ def train_translator(cfg: Config, run_dir: Path, resume: bool = False,
     else:
         save_config(cfg, run_dir / "config.yaml")
         atomic_write_json(run_dir / SPEC_FILE, _spec_json(spec))
-    truncate_jsonl(run_dir / "metrics.jsonl", start)  # the replayed steps appear once
+    # metrics.jsonl and TensorBoard events: the replayed steps appear once
+    runlog = RunLog(run_dir, start, 0, cfg.train.tensorboard)
+    if start == 0:
+        runlog.text("config", f"```yaml\n{cfg.to_yaml()}```")
     source_iter = infinite_loader(source, batch, cfg.run.seed, start, cfg.data.num_workers)
     target_iter = infinite_loader(target, batch, cfg.run.seed + 7, start, cfg.data.num_workers)
 
     def checkpoint(step: int, metrics: dict[str, Any]) -> None:
+        runlog.flush()  # every event before the checkpoint on disk
         folder = save_checkpoint(
             run_dir / "checkpoints" / "last",
             model=g_st.state_dict(),
@@ -215,12 +220,14 @@ def train_translator(cfg: Config, run_dir: Path, resume: bool = False,
         progress.update(done, log)
         if done % tcfg.log_every == 0 or done == steps:
             elapsed = time.perf_counter() - tic
-            append_jsonl(run_dir / "metrics.jsonl",
-                         {"step": done, "lr": lr, **log, "sec_per_step": elapsed / (done - start)})
+            runlog.record({"step": done, "lr": lr, **log,
+                           "sec_per_step": elapsed / (done - start)})
         if tcfg.visual_every and (done % tcfg.visual_every == 0 or done == steps):
-            save_grid(run_dir / "visuals" / f"step_{done:06d}.png",
-                      {"source": x_s, "translated": fake_t.detach(), "cycled": cycled_s.detach(),
-                       "target": x_t, "label": y_s}, protocol.palette)
+            grid = save_grid(run_dir / "visuals" / f"step_{done:06d}.png",
+                             {"source": x_s, "translated": fake_t.detach(),
+                              "cycled": cycled_s.detach(), "target": x_t, "label": y_s},
+                             protocol.palette)
+            runlog.image("visuals", grid, done)
         if done % tcfg.checkpoint_every == 0 and done != steps:
             checkpoint(done, {})
         return done
@@ -229,7 +236,7 @@ def train_translator(cfg: Config, run_dir: Path, resume: bool = False,
         net.train()
     progress = StepProgress(STAGE, steps, start, enabled=show_progress)
     tic = time.perf_counter()
-    with StopOnSignal() as stop:
+    with StopOnSignal() as stop, runlog:
         for step in range(start, steps):
             done = translator_step(step)
             if stop.requested and done != steps:  # SIGTERM / Ctrl-C: keep the step reached
