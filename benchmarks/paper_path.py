@@ -124,7 +124,7 @@ def rehearse(invoke: Invoke, preset: str, data: Path, out: Path, steps: int = 4,
     else:
         invoke("train", "selftrain", preset, *keys, "--init", warm, "--rounds", 2,
                "--out", self_trained, "-q")
-        final, export_dir = self_trained, self_trained / "round2" / "export"
+        final, export_dir = self_trained, self_trained / "export"
         invoke("eval", self_trained, "--json", out / "eval.json")
     done["eval"] = json.loads((out / "eval.json").read_text())
     done["export"] = invoke("export", final, "--int8", "--openvino")

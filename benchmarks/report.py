@@ -12,6 +12,7 @@ from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
+from rich.measure import Measurement
 from rich.table import Table
 
 from diga.io import atomic_write, atomic_write_json, atomic_write_text
@@ -19,9 +20,12 @@ from diga.io import atomic_write, atomic_write_json, atomic_write_text
 COLUMNS = ("model", "backend", "precision", "status", "frame", "runs at", "p50 ms", "p90 ms",
            "p99 ms", "mean ms", "pre ms", "model ms", "post ms", "images/s", "peak RSS MB",
            "GPU MB", "GFLOP/s", "vs torch", "mIoU", "mIoU13", "agree %")
-# the terminal gets the columns that fit a normal window; bench.md has them all
-TERMINAL_COLUMNS = ("model", "backend", "precision", "status", "p50 ms", "pre ms", "model ms",
-                    "post ms", "images/s", "GPU MB", "vs torch", "mIoU", "mIoU13", "agree %")
+# COLUMNS by importance for the terminal: the first ALWAYS in any case, then each that still
+# fits the window unwrapped (80 columns: about six); shown in COLUMNS' order. bench.md has all
+TERMINAL_COLUMNS = ("model", "backend", "precision", "p50 ms", "mIoU", "status", "images/s",
+                    "vs torch", "agree %", "mIoU13", "model ms", "pre ms", "post ms", "GPU MB",
+                    "p90 ms", "p99 ms", "mean ms", "frame", "runs at", "peak RSS MB", "GFLOP/s")
+ALWAYS = 5
 
 
 def columns_for(result: dict[str, Any], columns: tuple[str, ...]) -> tuple[str, ...]:
@@ -105,19 +109,43 @@ def settings_line(result: dict[str, Any]) -> str:
             f"agreement: % of pixels labelled as the fp32 PyTorch checkpoint labels them")
 
 
-def print_table(result: dict[str, Any], console: Console) -> None:
+def _table(result: dict[str, Any], columns: tuple[str, ...]) -> Table:
     table = Table(title="diga bench", caption=escape(machine_line(result)))
-    columns = columns_for(result, TERMINAL_COLUMNS)
     for name in columns:
         table.add_column(name, justify="left" if name in ("model", "backend", "precision",
                                                           "status") else "right",
-                         no_wrap=name == "model")
+                         overflow="fold" if name == "model" else "ellipsis")
     styles = {"ok": "", "unavailable": "dim", "error": "red"}
     for row in result["rows"]:
         cells = row_cells(row)
         table.add_row(*(escape(cells[c]) for c in columns),
                       style=styles.get(status_word(row), ""))
-    console.print(table)
+    return table
+
+
+def terminal_columns(result: dict[str, Any], console: Console) -> tuple[str, ...]:
+    """The columns that fit the console's width unwrapped (``TERMINAL_COLUMNS``' first
+    ``ALWAYS`` in any case): a table squeezed into 80 columns showed '…' in every cell."""
+    wanted = columns_for(result, TERMINAL_COLUMNS)
+    chosen = list(wanted[:ALWAYS])
+    unlimited = console.options.update_width(10_000)
+    for name in wanted[ALWAYS:]:
+        trial = _table(result, tuple(c for c in COLUMNS if c in chosen or c == name))
+        if Measurement.get(console, unlimited, trial).maximum <= console.width:
+            chosen.append(name)
+    return tuple(c for c in COLUMNS if c in chosen)
+
+
+def print_table(result: dict[str, Any], console: Console, full_table: str | None = None) -> None:
+    """The table with the columns that fit the terminal, a line naming the others and where
+    they are (``full_table``: the report that has them all), and the rows' reasons."""
+    columns = terminal_columns(result, console)
+    console.print(_table(result, columns))
+    hidden = [c for c in columns_for(result, COLUMNS) if c not in columns]
+    if hidden:
+        where = full_table or "bench.md and bench.json with --out DIR"
+        console.print(f"[dim]not shown at this width (see {escape(where)}): "
+                      f"{escape(', '.join(hidden))}[/]", highlight=False)
     for line in reasons(result):
         console.print(f"  [dim]{escape(line)}[/]", highlight=False, soft_wrap=True)
 
@@ -198,11 +226,15 @@ def plot_latency(result: dict[str, Any], path: Path) -> None:
     atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=110))
 
 
+def report_paths(out_dir: Path) -> dict[str, Path]:
+    out_dir = Path(out_dir)
+    return {"json": out_dir / "bench.json", "markdown": out_dir / "bench.md",
+            "plot": out_dir / "latency.png"}
+
+
 def write_reports(result: dict[str, Any], out_dir: Path) -> dict[str, Path]:
     """bench.json, bench.md and latency.png in ``out_dir``; returns their paths by kind."""
-    out_dir = Path(out_dir)
-    paths = {"json": out_dir / "bench.json", "markdown": out_dir / "bench.md",
-             "plot": out_dir / "latency.png"}
+    paths = report_paths(out_dir)
     atomic_write_json(paths["json"], result)
     try:
         import matplotlib  # noqa: F401  (a runtime-only install may lack it: no plot then)

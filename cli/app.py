@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
@@ -19,7 +20,14 @@ TRAINING_PACKAGES = {"torch": "PyTorch", "torchvision": "torchvision", "kornia":
 
 class DigaGroup(TyperGroup):
     """Turns a ``UserError`` from any verb into one printed line and exit code 1, and a run
-    stopped on a signal (``RunStopped``, checkpointed) into its line and exit code."""
+    stopped on a signal (``RunStopped``, checkpointed) into its line and exit code.
+
+    Built, it escapes the rich markup in the help of its whole command tree (``escape_help``).
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        escape_help(self)
 
     def invoke(self, ctx):  # noqa: ANN001  (typer vendors its click)
         try:
@@ -65,6 +73,50 @@ app = typer.Typer(
 )
 
 
+def package_version() -> str:
+    """The installed distribution's version; ``diga.__version__`` where diga runs from a source
+    tree that was never installed (no metadata)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("diga")
+    except PackageNotFoundError:
+        import diga
+
+        return getattr(diga, "__version__", "unknown")
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"diga {package_version()}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: Annotated[bool, typer.Option(
+        "--version", help="Print diga's version and exit.", is_eager=True,
+        callback=_print_version)] = False) -> None:
+    """The options of diga itself, before the verb. (Typer ranks this docstring below
+    ``Typer(help=...)``: the app's help stays that.)"""
+
+
+def escape_help(command: Any) -> None:
+    """Help texts as plain text: in rich markup mode Typer reads every help string (a
+    docstring, an option's or argument's help) as markup, so ``pip install 'diga[openvino]'``
+    lost its ``[openvino]`` as an unknown tag. Escaped in the click tree Typer builds afresh
+    on every run (the annotations that hold option help are evaluated anew each time, so
+    they cannot be escaped once in place); sub-groups and their commands included."""
+    if getattr(command, "rich_markup_mode", None) == "rich":
+        for attr in ("help", "short_help", "epilog"):
+            if getattr(command, attr, None):
+                setattr(command, attr, escape(getattr(command, attr)))
+        for param in command.params:
+            if getattr(param, "help", None):
+                param.help = escape(param.help)
+    for sub in getattr(command, "commands", {}).values():
+        escape_help(sub)
+
+
 def reflow(doc: str | None) -> str | None:
     """A docstring as help text: its paragraphs, without the line breaks of the source inside
     them. In rich markup mode Typer keeps every newline, so a docstring's 100-column lines,
@@ -82,8 +134,8 @@ def _reflow_help(typer_app: typer.Typer) -> None:
     typer_app.info.help = reflow(typer_app.info.help)
     for command in typer_app.registered_commands:
         command.help = reflow(command.help or inspect.getdoc(command.callback))
-    for group in typer_app.registered_groups:
-        group.help = reflow(group.help)
+    for group in typer_app.registered_groups:  # the help Typer would pick, a callback's included
+        group.help = reflow(typer.main.solve_typer_info_help(group))
         _reflow_help(group.typer_instance)
 
 

@@ -16,19 +16,23 @@ from rich.markup import escape
 
 from diga.cli.common import console, err_console, split_config_args
 from diga.errors import UserError
+from diga.export.formats import BENCH_BACKENDS
+from diga.runtime.segmenter import MODEL_FILE_SUFFIXES
 
 STAGES = ("source", "warmup", "selftrain")
+# the help's lists, from the tables bench runs on, so that they stay true
+BACKEND_NAMES = ", ".join(BENCH_BACKENDS)
+MODEL_FILES = ", ".join(MODEL_FILE_SUFFIXES)
 
 
 def bench_command(
     args: Annotated[list[str] | None, typer.Argument(
-        help="MODEL... (run directories, checkpoint folders, .onnx, .xml, .engine) then key.sub=value "
-        "overrides; or: train CONFIG key.sub=value... for training throughput.",
+        help=f"MODEL... (run directories, checkpoint folders, model files: {MODEL_FILES}) then "
+        "key.sub=value overrides; or: train CONFIG key.sub=value... for training throughput.",
         show_default=False)] = None,
     backend: Annotated[list[str] | None, typer.Option(
-        "--backend", "-b", help="Only these backends (repeat): torch, ort-cpu, ort-cuda, "
-        "ort-trt, trt, openvino, openvino-tput. Default: every backend each model file can "
-        "run on.",
+        "--backend", "-b", help=f"Only these backends (repeat): {BACKEND_NAMES}. Default: "
+        "every backend each model file can run on.",
         show_default=False)] = None,
     batch: Annotated[list[int] | None, typer.Option(
         "--batch", min=1, help="Throughput at these batch sizes (repeat; default "
@@ -113,12 +117,15 @@ def _split_models(items: list[str]) -> tuple[list[Path], list[str]]:
 
 
 def default_report_dir(models: list[Path]) -> Path | None:
-    """``<run>/bench`` for the first MODEL that is a run directory (not a checkpoint folder)."""
+    """``<run>/bench`` for the first MODEL that is a run directory (not a checkpoint folder),
+    or a file of a run's ``export`` folder (``diga bench runs/selftrain/export/model.onnx``)."""
     from diga.checkpoint import META_FILE
 
     for model in models:
         if model.is_dir() and not (model / META_FILE).is_file():
             return model / "bench"
+        if model.is_file() and model.parent.name == "export":
+            return model.parent.parent / "bench"
     return None
 
 
@@ -126,7 +133,7 @@ def _bench_models(models: list[Path], overrides: list[str], backends: list[str] 
                   json_path: Path | None, out: Path | None, min_miou: float | None,
                   compile: bool) -> None:
     from diga.benchmarks.latency import rows_below_miou, run_bench
-    from diga.benchmarks.report import print_table, short_model, write_reports
+    from diga.benchmarks.report import print_table, report_paths, short_model, write_reports
     from diga.io import atomic_write_json
 
     if out is not None and out.exists() and not out.is_dir():
@@ -134,8 +141,10 @@ def _bench_models(models: list[Path], overrides: list[str], backends: list[str] 
     with console.status("benchmarking") as status:
         result = run_bench(models, overrides, backends, compile,
                            say=lambda msg: status.update(escape(msg)))
-    print_table(result, console)
     report_dir = out or default_report_dir(models)
+    full_table = (f"{report_paths(report_dir)['markdown']} and bench.json" if report_dir is not None
+                  else str(json_path) if json_path is not None else None)
+    print_table(result, console, full_table)  # the columns that fit; the reports have them all
     if report_dir is not None:
         paths = write_reports(result, report_dir)
         console.print(f"wrote {', '.join(str(p) for p in paths.values())}", highlight=False)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 from typing import Annotated
 
@@ -83,7 +84,8 @@ def check(args: ConfigArgs = None) -> None:
     """Read every image and label of a config's datasets and report all problems at once.
 
     Missing or unreadable files, size mismatches, unknown label ids, empty splits; exit code 1
-    when there are problems.
+    when there are problems. A target split with no label at all (own camera images) is a note,
+    not a problem: training and export need no target labels, only diga eval does.
 
     Example:
       diga data check gta2cs-deeplabv2 data.source.root=/data/GTA5 \\
@@ -101,8 +103,12 @@ def check(args: ConfigArgs = None) -> None:
         reports = check_datasets(
             cfg, progress=lambda name, i, n: bar.update(task, description=name, completed=i, total=n))
     text, problems = format_reports(reports)
-    console.print(text, highlight=False, markup=False)
+    console.print(text, highlight=False, markup=False, soft_wrap=True)  # a line per problem
     if problems:
         console.print(f"[red]{problems} problem(s) found[/]")
         raise typer.Exit(1)
     console.print("[green]all datasets readable[/]")
+    given = shlex.join(args or [])
+    console.print(f"next: diga run {given} --out runs/job  (or stage by stage: diga train "
+                  f"warmup {given} --out runs/warmup)", highlight=False, markup=False,
+                  soft_wrap=True)

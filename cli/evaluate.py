@@ -12,13 +12,17 @@ from rich.markup import escape
 from rich.table import Table
 
 from diga.cli.common import Overrides, console, runtime_warnings
+from diga.runtime.segmenter import MODEL_FILE_SUFFIXES
+
+MODEL_FILES = ", ".join(MODEL_FILE_SUFFIXES)  # what the runtime scores, without torch
 
 if TYPE_CHECKING:  # the schema imports nothing heavy, but the CLI starts without it
     from diga.config import Config
 
 
 def eval_command(
-    model: Annotated[Path, typer.Argument(help="A run directory or checkpoint folder.")],
+    model: Annotated[Path, typer.Argument(
+        help=f"A run directory, a checkpoint folder or a model file ({MODEL_FILES}).")],
     overrides: Overrides = None,
     json_path: Annotated[Path | None, typer.Option("--json", help="Write the metrics as JSON.")] = None,
     save_predictions: Annotated[Path | None, typer.Option(
@@ -26,7 +30,7 @@ def eval_command(
         "with several targets, in a folder per target.")] = None,
     teacher: Annotated[bool, typer.Option("--teacher", help="Evaluate the EMA teacher.")] = False,
     native_size: Annotated[bool, typer.Option(
-        "--native-size", help="For an .onnx / .engine: run each image at its own size instead "
+        "--native-size", help="For a model file: run each image at its own size instead "
         "of the model's trained scale.")] = False,
     classes: Annotated[list[str] | None, typer.Option(
         "--classes", help="Class protocols to score, from one pass: 19, 16, 13, e.g. "
@@ -56,14 +60,13 @@ def eval_command(
 
     Examples:
       diga eval runs/warmup --classes 19,16,13 --json runs/warmup/eval.json
-      diga eval runs/selftrain/round2/export/model.int8.onnx
+      diga eval runs/selftrain/export/model.int8.onnx
       diga eval runs/dg eval.scales=[2.0,1.0] --json dg.json \\
         --target cityscapes:/data/cityscapes,resize=512x1024 \\
         --target bdd100k:/data/bdd100k,resize=360x640 \\
         --target mapillary:/data/mapillary,resize=540x960
     """
     from diga.protocols import parse_protocols
-    from diga.runtime.segmenter import MODEL_FILE_SUFFIXES
 
     requested = parse_protocols(classes)
     if model.suffix.lower() in MODEL_FILE_SUFFIXES:  # the runtime: no torch needed
@@ -94,6 +97,7 @@ def eval_command(
         _print_all(result, f"target val: {cfg.data.target.kind} ({result['images']} images)")
         _print_test(result, cfg, result["protocol"]["run_size"])
         _write(json_path, result, save_predictions)
+        _next_export(model)
         return
     results, notes = {}, []
     for name, target_cfg in runs:
@@ -105,6 +109,13 @@ def eval_command(
     _print_targets(results)
     _print_test(next(iter(results.values())), cfg, "each target's run size")
     _write(json_path, _multi(head, results), save_predictions)
+    _next_export(model)
+
+
+def _next_export(model: Path) -> None:
+    """After scoring a checkpoint: what deploys it."""
+    console.print(f"next: diga export {model} --int8", highlight=False, markup=False,
+                  soft_wrap=True)
 
 
 def _score_checkpoint(net: Any, saved_classes: int, cfg: Config, requested: list[int],
@@ -156,6 +167,7 @@ def _write(json_path: Path | None, result: dict, save_predictions: Path | None) 
 
     if json_path is not None:
         atomic_write_json(json_path, result)
+        console.print(f"wrote {json_path}", highlight=False, markup=False)
     if save_predictions is not None:
         console.print(f"predictions: {save_predictions}")
 

@@ -113,6 +113,10 @@ def export_command(
         err_console.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
     console.print(f"wrote {summary.out_dir / 'export.json'} and {summary.out_dir / 'parity.json'}",
                   highlight=False)
+    best = next((f.path for f in summary.files if f.precision == "int8"), summary.files[0].path)
+    console.print(f"next: diga bench {summary.out_dir.parent}  (latency and mIoU of every file); "
+                  f"diga predict {summary.out_dir / best.name} photos/ --out predictions",
+                  highlight=False, markup=False, soft_wrap=True)
 
 
 class _WarningLines(logging.Handler):

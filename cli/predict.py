@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -14,8 +15,10 @@ from diga.cli.predict_io import (
     IMAGE_SUFFIXES,
     Look,
     Timer,
+    Undecodable,
     VideoOutputs,
     check_image,
+    check_video,
     collect_inputs,
     read_rgb,
     write_image_outputs,
@@ -115,17 +118,20 @@ def predict_command(
         "for the model's other classes) instead of the model's own.", show_default=False)] = None,
     uncertainty: Annotated[bool, typer.Option(
         "--uncertainty", help="Also write the per-pixel uncertainty (softmax entropy / log C, "
-        "in [0, 1]): <stem>_uncertainty.png (0-255), a heat map with its colour bar beside the "
-        "overlay; for videos <stem>_uncertainty.mp4.")] = False,
+        "in [0, 1]) as a heat map (0-255) with its colour bar beside the overlay: "
+        "<stem>_uncertainty (.png; .mp4 for videos).")] = False,
     stride: Annotated[int, typer.Option("--stride", min=1, help="Videos: predict every N-th "
                                         "frame; the outputs run at the rate / N.")] = 1,
     batch: Annotated[int, typer.Option("--batch", min=1, help="Images or frames per model "
                                        "call.")] = 4,
     save_frames: Annotated[bool, typer.Option(
-        "--save-frames", help="Videos: also write each frame's label PNG "
-        "(<stem>_frames/<index>_label.png).")] = False,
+        "--save-frames", help="Videos: also write each frame's label PNG, "
+        "<index>_label.png in <stem>_frames/.")] = False,
     legend: Annotated[bool, typer.Option("--legend/--no-legend", help="Draw the class legend "
                                          "(classes over 1% of the image) on overlays.")] = True,
+    strict: Annotated[bool, typer.Option(
+        "--strict", help="Stop at the first image or video file that cannot be decoded (exit "
+        "code 1) instead of skipping it with a warning.")] = False,
 ) -> None:
     """Segment images and videos: labels, colour masks, overlays and class reports.
 
@@ -134,7 +140,9 @@ def predict_command(
     the image's own size; the model runs at the size it was trained at. For a video, a webcam
     or a stream: <stem>_overlay.mp4 (the same size, the source's frame rate divided by
     --stride) and <stem>.jsonl, a line per frame. Folders are searched recursively and their
-    structure is kept under --out. Videos need PyAV (pip install 'diga[video]'). An .onnx,
+    structure is kept under --out. A file that cannot be decoded is skipped with a warning
+    (--strict: stops); the exit code is 1 only when nothing could be predicted. Videos need
+    PyAV (pip install 'diga[video]'). An .onnx,
     .xml or .engine runs through the torch-free runtime, a run directory or checkpoint through
     PyTorch. Ctrl-C stops a stream and keeps what was written.
 
@@ -154,13 +162,14 @@ def predict_command(
                         f"videos ({', '.join(VIDEO_SUFFIXES)}) or folders holding them")
     if out.exists() and not out.is_dir():
         raise UserError(f"output path {out} is a file", "choose a folder with --out")
+    skipped = Skipped(strict, len(found.images) + len(found.videos))
     if found.videos:
         require_av()  # before the model loads: one line saying how to install PyAV
-        for source, _ in found.videos:  # a damaged file fails here, before any output
-            if not is_stream(source):
-                open_video(source).close()
-    for path, _ in found.images:
-        check_image(path)
+        found.videos = [(source, stem) for source, stem in found.videos
+                        if is_stream(source) or skipped.ok(check_video, source)]
+    found.images = [(path, stem) for path, stem in found.images
+                    if skipped.ok(check_image, path)]  # headers: before any output
+    skipped.check_any_left(len(found.images) + len(found.videos))
     with runtime_warnings():  # e.g. a GPU fallback, or a file without an inference size
         predictor, info, label = _load_predictor(model, backend,
                                                  "native" if native_size else "trained")
@@ -178,9 +187,12 @@ def predict_command(
         # logits, made only when asked (--uncertainty); a logits model's comes with its labels
         maps = uncertainty or (info.output_kind == "logits" and info.input_kind != "frame")
         if found.images:
-            _predict_images(predictor, found.images, out, look, batch, maps, str(model))
+            _predict_images(predictor, found.images, out, look, batch, maps, str(model), skipped)
+            skipped.check_any_left(skipped.predicted + len(found.videos))
         for source, stem in found.videos:
             _predict_video(predictor, source, out / stem, look, batch, stride, maps, save_frames)
+        if skipped.files and not skipped.predicted:  # else the images' line said it
+            console.print(f"skipped {skipped.count_line()}", highlight=False)
     except KeyboardInterrupt:
         err_console.print("stopped (Ctrl-C); the outputs written so far are complete")
         raise typer.Exit(130) from None
@@ -202,23 +214,79 @@ def _progress(what: str):
                     transient=True)
 
 
+class Skipped:
+    """The input files that cannot be decoded: each a warning line as it is met and skipped (a
+    camera folder with one damaged frame still gets the rest), or with ``strict`` the first
+    stops the command. Nothing predicted at all is an error, never a silent exit code 0."""
+
+    def __init__(self, strict: bool, inputs: int) -> None:
+        self.strict, self.inputs = strict, inputs
+        self.files: list[Undecodable] = []
+        self.predicted = 0
+
+    def skip(self, exc: Undecodable) -> None:
+        if self.strict:
+            raise exc
+        if self.inputs > 1:  # a lone input: its own error line says it (check_any_left)
+            err_console.print(f"[yellow]warning:[/] {escape(exc.warning)}", highlight=False,
+                              soft_wrap=True)
+        self.files.append(exc)
+
+    def ok(self, check: Callable[[Any], None], item: Any) -> bool:
+        """Whether ``check(item)`` passes; where not, the file is warned about and skipped."""
+        try:
+            check(item)
+            return True
+        except Undecodable as exc:
+            self.skip(exc)
+            return False
+
+    def read(self, path: Path) -> np.ndarray | None:
+        """The image's pixels, or None where they cannot be decoded (skipped)."""
+        try:
+            return read_rgb(path)
+        except Undecodable as exc:
+            self.skip(exc)
+            return None
+
+    def check_any_left(self, left: int) -> None:
+        """Raises where every input was skipped: the file's own error for a lone one."""
+        if left or not self.files:
+            return
+        if len(self.files) == 1:
+            raise self.files[0]
+        raise UserError(f"none of the {len(self.files)} input files could be decoded (each is "
+                        "named above)", "replace or remove them, or check the paths given")
+
+    def count_line(self) -> str:
+        n = len(self.files)
+        return f"{n} undecodable file{'s' if n != 1 else ''}"
+
+
 def _predict_images(predictor: Any, images: list[tuple[Path, Path]], out: Path, look: Look,
-                    batch: int, maps: bool, model: str) -> None:
-    timer, files = Timer(), 0
+                    batch: int, maps: bool, model: str, skipped: Skipped) -> None:
+    timer, files, done = Timer(), 0, 0
     with _progress("images") as bar:
         task = bar.add_task("images", total=len(images), rate="")
         for start in range(0, len(images), batch):
             chunk = images[start:start + batch]
             with timer("decode"):
-                rgbs = [read_rgb(path) for path, _ in chunk]
-            with timer("model"):
-                predictions = predictor.segment(rgbs, None, batch, maps)
-            with timer("outputs"):
-                for (_, stem), rgb, prediction in zip(chunk, rgbs, predictions, strict=True):
-                    files += write_image_outputs(out / stem, rgb, prediction, look, model)
-            bar.update(task, advance=len(chunk), rate=_rate(timer, start + len(chunk), "img"))
-    console.print(f"wrote {files} files for {len(images)} image{'s' if len(images) != 1 else ''}"
-                  f" to {out}; {timer.line(len(images), 'images')}", highlight=False)
+                decoded = [(stem, rgb) for path, stem in chunk
+                           if (rgb := skipped.read(path)) is not None]
+            if decoded:
+                with timer("model"):
+                    predictions = predictor.segment([rgb for _, rgb in decoded], None, batch, maps)
+                with timer("outputs"):
+                    for (stem, rgb), prediction in zip(decoded, predictions, strict=True):
+                        files += write_image_outputs(out / stem, rgb, prediction, look, model)
+            done += len(decoded)
+            bar.update(task, advance=len(chunk), rate=_rate(timer, done, "img"))
+    skipped.predicted = done
+    if not done:
+        return
+    skip = f", skipped {skipped.count_line()}" if skipped.files else ""
+    console.print(f"wrote {files} files for {done} image{'s' if done != 1 else ''} to {out}"
+                  f"{skip}; {timer.line(done, 'images')}", highlight=False, soft_wrap=True)
 
 
 def _predict_video(predictor: Any, source: str, base: Path, look: Look, batch: int, stride: int,

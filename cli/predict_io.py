@@ -92,27 +92,50 @@ def collect_inputs(items: list[str]) -> Inputs:
     return found
 
 
-def _open_error(path: Path, exc: Exception) -> UserError:
-    return UserError(f"cannot decode image {path} ({type(exc).__name__})",
-                     "the file is corrupt or not an image; replace or remove it")
+class Undecodable(UserError):
+    """An input file that cannot be decoded: ``diga predict`` skips it with a warning line
+    (``--strict``: stops, as any ``UserError``). ``detail`` says why, without the path."""
+
+    def __init__(self, path: Path | str, detail: str, message: str | None = None,
+                 hint: str = "the file is corrupt or not an image; replace or remove it") -> None:
+        super().__init__(message or f"cannot decode image {path} ({detail})", hint)
+        self.path, self.detail = path, detail
+
+    @property
+    def warning(self) -> str:
+        return f"skipped {self.path}: cannot decode ({self.detail})"
+
+
+def _open_error(path: Path, exc: Exception) -> Undecodable:
+    if isinstance(exc, UnidentifiedImageError):  # its text repeats the path
+        return Undecodable(path, "not an image Pillow can read")
+    text = str(exc).replace(f"'{path}'", "").replace(str(path), "").strip(" :")
+    return Undecodable(path, text or type(exc).__name__)  # e.g. image file is truncated
 
 
 def check_image(path: Path) -> None:
-    """Read only the header: empty, unreadable and zero-size files fail before any work."""
+    """Read only the header: empty, unreadable and zero-size files fail before any work.
+
+    Raises:
+        Undecodable: naming the file and why.
+    """
     if path.stat().st_size == 0:
-        raise UserError(f"cannot decode image {path}: the file is empty (0 bytes)",
-                        "replace or remove the file")
+        raise Undecodable(path, "the file is empty, 0 bytes")
     try:
         with Image.open(path) as im:
             width, height = im.size
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise _open_error(path, exc) from None
     if width == 0 or height == 0:
-        raise UserError(f"image {path} is empty ({width}x{height} pixels)", "replace or remove it")
+        raise Undecodable(path, f"it is empty, {width}x{height} pixels")
 
 
 def read_rgb(path: Path) -> np.ndarray:
-    """RGB uint8 (H, W, 3) from an image file; one clear error naming the file otherwise."""
+    """RGB uint8 (H, W, 3) from an image file.
+
+    Raises:
+        Undecodable: naming the file, where its header or its pixels cannot be decoded.
+    """
     from diga.runtime import to_rgb_uint8
 
     check_image(path)
@@ -122,6 +145,21 @@ def read_rgb(path: Path) -> np.ndarray:
             return to_rgb_uint8(im, name=f"image {path}")
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise _open_error(path, exc) from None
+
+
+def check_video(source: str) -> None:
+    """Open a video file and close it: a damaged one fails before any work.
+
+    Raises:
+        Undecodable: naming the file and why (FFmpeg's reason, or no video stream).
+    """
+    from diga.runtime.video import open_video
+
+    try:
+        open_video(source).close()
+    except UserError as exc:
+        detail = exc.message.replace(f"cannot open video {source}: ", "").replace(source, "it")
+        raise Undecodable(source, detail, exc.message, exc.hint or "") from None
 
 
 def save_png(path: Path, array: np.ndarray) -> None:

@@ -91,33 +91,65 @@ def _train(stage: str, args: list[str] | None, out: Path | None, resume: bool, q
     from diga.status import JobStatus, StageInfo
     from diga.train.distributed import destroy_distributed, init_distributed
     from diga.train.loop import train_stage
-    from diga.train.stages import default_run_dir, prepare_run_dir
+    from diga.train.stages import prepare_run_dir, undo_failed_start
 
     auto = auto_resume or max_restarts > 0
     resume = _auto(out, resume, auto_resume, max_restarts)
     cfg = stage_config(args, out, resume)
-    run_dir = out or default_run_dir(stage)
+    run_dir = _run_dir(out, stage)
     prepare_run_dir(run_dir, resume, stage, fresh_ok=auto)
     job = JobStatus(run_dir, split_config_args(args)[0],
                     [StageInfo(stage, ".", cfg.stage_steps(stage), 0)])
     if devices is not None and devices > 1:  # the same command again, under torchrun
         _check_before_launch(cfg, devices, stage)
-        with job:
+        with undo_failed_start(run_dir), job:
             job.begin(stage)
             launch_on_devices(devices, cfg.run, ["train", stage, *(args or []),
                                                  *_flags(run_dir, resume, quiet, auto)],
                               max_restarts)
+        _next(stage, args, run_dir, cfg)
         return
     dist, _ = init_distributed(cfg.run)  # under torchrun: join the job; else one process
     try:
         dist.barrier()  # every rank checked the run directory before rank 0 writes into it
-        with job:
+        with undo_failed_start(run_dir, dist.is_main), job:
             job.begin(stage)
             result = train_stage(cfg, stage, run_dir, resume=resume, show_progress=not quiet)
     finally:
         destroy_distributed()
     if dist.is_main:
         _report(stage, run_dir, result.metrics, cfg.data.target.kind == "none")
+        _next(stage, args, run_dir, cfg)
+
+
+def _run_dir(out: Path | None, stage: str) -> Path:
+    """``--out``, or ``runs/<stage>``; when that is taken, ``runs/<stage>-2``, ... said aloud,
+    since a later ``--init runs/<stage>`` would take the older run."""
+    from diga.train.stages import default_run_dir
+
+    if out is not None:
+        return out
+    run_dir = default_run_dir(stage)
+    if run_dir.name != stage:
+        console.print(f"[yellow]runs/{stage} is taken: this run goes to {run_dir}[/] (--out "
+                      "chooses the folder)", highlight=False)
+    return run_dir
+
+
+def _next(stage: str, args: list[str] | None, run_dir: Path, cfg: Config) -> None:
+    """The exact command that comes next, with the user's CONFIG and overrides."""
+    import shlex
+
+    given = shlex.join(args or [])
+    given = f" {given}" if given else ""
+    if stage == "warmup" and cfg.data.target.kind != "none":
+        out = run_dir.parent / "selftrain"
+        command = f"diga train selftrain{given} --init {run_dir} --out {out}"
+    elif stage == "source":
+        command = f"diga train warmup{given} --out {run_dir.parent / 'warmup'}"
+    else:
+        command = f"diga export {run_dir} --int8"
+    console.print(f"next: {command}", highlight=False, markup=False, soft_wrap=True)
 
 
 @app.command("source")
@@ -175,7 +207,7 @@ def selftrain(
     from diga.errors import UserError
     from diga.status import JobStatus
     from diga.train.distributed import destroy_distributed, init_distributed
-    from diga.train.stages import default_run_dir, prepare_run_dir, run_selftrain
+    from diga.train.stages import prepare_run_dir, run_selftrain, undo_failed_start
 
     auto = auto_resume or max_restarts > 0
     resume = _auto(out, resume, auto_resume, max_restarts)
@@ -189,7 +221,7 @@ def selftrain(
     if cfg.selftrain.init is None:
         raise UserError("self-training needs a warm-up run to start from",
                         "pass --init runs/warmup (or selftrain.init=...)")
-    run_dir = out or default_run_dir("selftrain")
+    run_dir = _run_dir(out, "selftrain")
     if not resume:
         prepare_run_dir(run_dir, False, "selftrain", fresh_ok=auto)
     job = JobStatus(run_dir, split_config_args(args)[0], _round_stages(cfg))
@@ -207,22 +239,32 @@ def selftrain(
     def on_round(r: int, done: bool) -> None:
         if r > 1:
             job.finish(f"selftrain round {r - 1}")
+            if dist.is_main:  # round r-1's result as it ends, not after the last round
+                _report_round(run_dir, r - 1, cfg.stage_steps("selftrain"))
         (job.skip if done else job.begin)(f"selftrain round {r}")
 
     dist, _ = init_distributed(cfg.run)
     try:
         dist.barrier()  # every rank checked the run directory before rank 0 writes into it
-        if dist.is_main:
-            save_config(cfg, run_dir / "config.yaml")
-        with job:
+        with undo_failed_start(run_dir, dist.is_main), job:
+            if dist.is_main:
+                save_config(cfg, run_dir / "config.yaml")
             results = run_selftrain(cfg, cfg.selftrain.init, run_dir, resume=resume,
                                     show_progress=not quiet, regenerate=regenerate,
                                     on_round=on_round)
     finally:
         destroy_distributed()
-    if dist.is_main:
-        for r, result in enumerate(results, 1):
-            _report(f"selftrain round {r}", result.run_dir, result.metrics)
+    if dist.is_main and results:  # the earlier rounds were reported as the next began
+        _report(f"selftrain round {len(results)}", results[-1].run_dir, results[-1].metrics)
+        _next("selftrain", args, run_dir, cfg)
+
+
+def _report_round(run_dir: Path, r: int, steps: int) -> None:
+    """Round ``r``'s line, from the metrics its checkpoint saved when it finished."""
+    from diga.train.stages import finished_metrics
+
+    round_dir = run_dir / f"round{r}"
+    _report(f"selftrain round {r}", round_dir, finished_metrics(round_dir, steps) or {})
 
 
 def _register_translator() -> None:

@@ -17,12 +17,11 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from diga.errors import UserError
-from diga.io import file_sha256, fsync_dir, fsync_file, replace_folder, write_error
+from diga.io import file_sha256, fsync_dir, fsync_file, replace_folder, temp_folder, write_error
 
 if TYPE_CHECKING:
     import torch
@@ -83,7 +82,7 @@ def save_checkpoint(
     tmp = None
     try:
         folder.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+        tmp = temp_folder(folder.parent, prefix=f".{folder.name}.")  # not mkdtemp's 0700
         save_file(_contiguous(model), str(tmp / MODEL_FILE))
         if teacher is not None:
             save_file(_contiguous(teacher), str(tmp / TEACHER_FILE))
@@ -237,6 +236,12 @@ def resolve_checkpoint(path: Path, prefer: str = "last") -> Checkpoint:
         found = _complete(round_dir / "checkpoints", "last")
         if found is not None:
             return Checkpoint(found)
+    for stage in ("selftrain", "warmup"):  # a diga run job: its latest trained stage
+        if (path / stage).is_dir() and (path / "config.yaml").is_file():
+            try:
+                return resolve_checkpoint(path / stage, prefer)
+            except UserError:
+                continue
     raise UserError(f"{path} holds no checkpoint (looked for checkpoints/{prefer})",
                     "train first, or give the checkpoint folder itself")
 
@@ -290,10 +295,11 @@ def config_for_model(path: Path, overrides: list[str] | None = None):
 
 
 def default_export_dir(model_path: Path) -> Path:
-    """Where ``diga export`` writes by default: ``<run>/export`` for a run directory or one of
-    its checkpoints, else ``<folder>/export``."""
+    """Where ``diga export`` writes by default: ``<folder>/export`` of the folder given (a run,
+    a self-training folder with its rounds, a ``diga run`` job), so ``diga export runs/selftrain``
+    writes ``runs/selftrain/export``; for a checkpoint folder, its run's ``export``."""
     model_path = Path(model_path)
-    ckpt = resolve_checkpoint(model_path).folder
-    if ckpt.parent.name == "checkpoints":
-        return ckpt.parent.parent / "export"
+    resolve_checkpoint(model_path)  # a clear error when there is nothing to export
+    if (model_path / META_FILE).is_file() and model_path.parent.name == "checkpoints":
+        return model_path.parent.parent / "export"
     return model_path / "export"

@@ -4,6 +4,11 @@ the folder fsynced.
 A killed process (or a power cut) leaves either the old file or the new one, never half of
 one. A write that fails for a full disk or a read-only / forbidden folder becomes one
 ``UserError`` naming the folder and its free space; the old file is untouched.
+
+``tempfile`` makes its files 0600 and folders 0700 whatever the umask; the temp files and
+folders here are given the modes a plain ``open`` / ``mkdir`` would have (``file_mode``,
+``dir_mode``: 0644 / 0755 under umask 022), so a model copied to a server or into a container
+that runs as another user can be read there.
 """
 
 from __future__ import annotations
@@ -67,6 +72,40 @@ def _existing(folder: Path) -> Path:
     return folder
 
 
+def current_umask() -> int:
+    """The process umask, read without changing it (``/proc/self/status`` on Linux 4.7+):
+    setting it to read it back would race with threads creating files meanwhile. Elsewhere
+    ``os.umask`` is set and restored at once."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def file_mode() -> int:
+    """The mode ``open`` gives a new file: ``0o666 & ~umask``."""
+    return 0o666 & ~current_umask()
+
+
+def dir_mode() -> int:
+    """The mode ``mkdir`` gives a new folder: ``0o777 & ~umask``."""
+    return 0o777 & ~current_umask()
+
+
+def temp_folder(parent: Path, prefix: str) -> Path:
+    """``tempfile.mkdtemp`` in ``parent`` with a plain folder's mode (not 0700): it is renamed
+    into place as a published folder (a checkpoint)."""
+    folder = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+    os.chmod(folder, dir_mode())
+    return folder
+
+
 def file_sha256(path: Path) -> str:
     """Hex sha256 of a file, read in blocks."""
     digest = hashlib.sha256()
@@ -105,7 +144,11 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
+        try:
+            if hasattr(os, "fchmod"):  # POSIX (and Windows from Python 3.13)
+                os.fchmod(fd, file_mode())  # mkstemp's 0600 would outlive the rename
+        finally:
+            os.close(fd)
         write(Path(tmp))
         fsync_file(Path(tmp))
         os.replace(tmp, path)

@@ -41,7 +41,6 @@ STAGES = ("source", "warmup", "selftrain", "eval", "export", "bench", "report")
 TRAINING = ("source", "warmup", "selftrain")
 # what each stage reads: a stage before --from must have finished if a later one needs it
 NEEDS = {"selftrain": "warmup", "eval": "selftrain", "export": "selftrain", "bench": "export"}
-SUMMARY = "summary.json"
 
 
 @dataclass
@@ -145,8 +144,11 @@ def run_pipeline(cfg: Config, out: Path, options: Options | None = None,
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(saved, cfg.to_yaml())
 
+    from diga.train.stages import undo_failed_start
+
     result = PipelineResult(out)
-    with JobStatus(out, options.config_name, stage_table(cfg, out)) as status, _stop_on_signal():
+    with undo_failed_start(out), JobStatus(out, options.config_name, stage_table(cfg, out)) \
+            as status, _stop_on_signal():
         for stage in stages:
             tic = time.perf_counter()
             try:
@@ -415,7 +417,9 @@ def _report(cfg: Config, out: Path, options: Options, result: PipelineResult, st
         return False
     status.begin("report")
     _fill_from_disk(cfg, out, result)
-    write_report(cfg, out, result, options)
+    write_report(cfg, out, result, options, {"source-only": out / "source",
+                                             "warm-up": out / "warmup",
+                                             "self-training": final_model(cfg, out)})
     status.finish("report")
     say(f"[report] {out / 'report.md'}")
     return True

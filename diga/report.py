@@ -5,7 +5,7 @@ same as JSON in ``summary.json``."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -13,15 +13,18 @@ import torch
 from diga.config import Config
 from diga.io import atomic_write, atomic_write_json, atomic_write_text
 
-if TYPE_CHECKING:
-    from diga.pipeline import Options, PipelineResult
+SUMMARY = "summary.json"
 
 
-def write_report(cfg: Config, out: Path, result: PipelineResult, options: Options) -> None:
-    from diga.pipeline import SUMMARY, round_dirs
+def write_report(cfg: Config, out: Path, result: Any, options: Any,
+                 runs: dict[str, Path]) -> None:
+    """``report.md``, ``summary.json`` and the pictures of the job in ``out``.
 
-    runs = {"source-only": out / "source", "warm-up": out / "warmup",
-            "self-training": round_dirs(cfg, out)[-1]}
+    Args:
+        result: the ``diga.pipeline.PipelineResult`` (mIoU per stage, eval, bench, exports).
+        options: its ``diga.pipeline.Options`` (title, config name).
+        runs: the trained stages to show in the prediction grid, by column name.
+    """
     runs = {name: run for name, run in runs.items() if (run / "checkpoints").is_dir()}
     pictures = []
     if any(v is not None for v in result.miou.values()):
@@ -110,7 +113,7 @@ def miou_plot(path: Path, miou: dict[str, float], title: str) -> None:
     plt.close(fig)
 
 
-def markdown(cfg: Config, result: PipelineResult, options: Options,
+def markdown(cfg: Config, result: Any, options: Any,
              pictures: list[tuple[str, str]]) -> str:
     data = cfg.data
     if data.source.kind == "builtin":

@@ -169,6 +169,34 @@ def test_reports_are_written_to_the_run(bench, run_dir):
     assert (out / "latency.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_console_table_fits_80_columns(run_dir, tmp_path, monkeypatch):
+    """In an 80-column terminal the table keeps the main columns, each cell whole (no '…'),
+    and a line under it names the columns left to bench.md / bench.json."""
+    from rich.console import Console
+
+    import diga.cli.bench as bench_cli
+
+    monkeypatch.setattr(bench_cli, "console", Console(width=80))  # the CLI's, at import: any width
+    model = run_dir / "export" / "model.int8.onnx"
+    result = runner.invoke(app, [str(a) for a in ("bench", model, *FAST, "-b", "ort-cpu", "-b",
+                                                  "openvino-tput", "--out", tmp_path)],
+                           env={"COLUMNS": "80"})
+    assert result.exit_code == 0, result.output
+    table = [line for line in result.output.splitlines() if line[:1] in "┏┃┡│└"]
+    assert table and "…" not in "".join(table), result.output
+    assert all(len(line) <= 80 for line in table), result.output
+    header = table[1].split("┃")
+    assert [h.strip() for h in header[1:6]] == ["model", "backend", "precision", "p50 ms", "mIoU"]
+    rows = [[cell.strip() for cell in line.split("│")[1:-1]] for line in table if "│" in line]
+    assert [r[:3] for r in rows] == [["export/model.int8.onnx", "ort-cpu", "int8"],
+                                     ["export/model.int8.onnx", "openvino-tput", "-"]]
+    saved = json.loads((tmp_path / "bench.json").read_text())["rows"][0]
+    assert rows[0][3] == f"{saved['latency_ms']['p50']:.2f}" and rows[0][4] == f"{saved['miou']:.2f}"
+    note = " ".join(result.output.split("└")[1].split())
+    assert f"not shown at this width (see {tmp_path / 'bench.md'} and bench.json): " in note
+    assert "p90 ms" in note
+
+
 def test_min_miou_exit_codes(run_dir, tmp_path):
     model = run_dir / "export" / "model.onnx"
     ok = invoke("bench", model, *FAST, "-b", "ort-cpu", "--min-miou", 0, "--out", tmp_path)

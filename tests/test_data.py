@@ -193,3 +193,99 @@ def test_builtin_dataset_items(tiny):
     assert item["image"].dtype == torch.uint8 and item["image"].shape == (3, 32, 64)
     assert item["label"].shape == (32, 64)
     assert set(item["label"].unique().tolist()) <= set(range(19)) | {255}
+
+
+def _camera_folder(root: Path, splits=("train", "val"), n=3) -> Path:
+    """Own camera images in the folder layout (``images/<split>/*``) and no ``labels/``."""
+    rng = np.random.default_rng(0)
+    for split in splits:
+        for i in range(n):
+            write_png(root / "images" / split / f"cam{i}.png",
+                      rng.integers(0, 256, (24, 40, 3), dtype=np.uint8))
+    return root
+
+
+def test_data_check_notes_an_unlabelled_target_and_exits_0(tmp_path):
+    from typer.testing import CliRunner
+
+    from diga.cli.app import app
+
+    cam = _camera_folder(tmp_path / "cam")
+    keys = ["data.target.kind=folder", f"data.target.root={cam}", "data.builtin.source_train=4"]
+    result = CliRunner().invoke(app, ["data", "check", "demo", *keys])
+    assert result.exit_code == 0, result.output
+    lines = [line.strip() for line in result.output.splitlines()]
+    assert ("note: target val has no labels: training and export work; diga eval and the mIoU "
+            "columns need labels") in lines
+    assert ("note: target train has no labels: normal for domain adaptation (no stage trains "
+            "on target labels)") in lines
+    assert "target val (folder) at " + str(cam) + ": 3 images, 0 labelled, 0 problems" in lines
+    assert "all datasets readable" in lines
+    # some val labels but not all: a broken copy, each missing one a problem
+    write_png(cam / "labels" / "val" / "cam0.png", np.zeros((24, 40), np.uint8))
+    result = CliRunner().invoke(app, ["data", "check", "demo", *keys])
+    assert result.exit_code == 1, result.output
+    assert result.output.count("label missing for") == 2 and "note: target val" not in result.output
+    # the same images as a source, or as an eval target, need their labels: problems
+    cfg = load_config("demo", ["data.source.kind=folder", f"data.source.root={cam}",
+                               "eval.targets=[{kind: folder, root: " + str(cam) + "}]"])
+    reports = {r.name: r for r in check_datasets(cfg)}
+    assert len(reports["source train (folder)"].problems) == 3
+    assert not reports["source train (folder)"].notes
+    assert len(reports["eval target folder val (folder)"].problems) == 2
+
+
+@pytest.fixture(scope="module")
+def every_layout(tmp_path_factory) -> dict[str, Path]:
+    """Every kind's root, in its real layout: make-demo's five and a folder layout."""
+    from diga.data.builtin import BuiltinSpec, write_demo
+
+    base = tmp_path_factory.mktemp("layouts")
+    spec = BuiltinSpec(seed=0, size=(32, 64), source_train=1, target_train=1, target_val=1)
+    roots = write_demo(base / "demo", spec, dg_targets=True)
+    return {"gta5": roots["source_root"], "synthia": roots["synthia_root"],
+            "cityscapes": roots["target_root"], "bdd100k": roots["bdd100k_root"],
+            "mapillary": roots["mapillary_root"], "folder": make_folder(base / "cam")}
+
+
+# a folder one level inside each layout, where a root is often given by mistake
+INSIDE = {"gta5": "images", "synthia": "RGB", "cityscapes": "leftImg8bit", "bdd100k": "images",
+          "mapillary": "validation", "folder": "images"}
+
+
+@pytest.mark.parametrize("kind", list(INSIDE))
+def test_a_root_one_level_off_names_the_right_one(every_layout, tmp_path, kind):
+    from diga.data.layouts import find_samples
+
+    root, split = every_layout[kind], "train" if kind in ("gta5", "synthia") else "val"
+    assert find_samples(kind, root, split, "data.target.root")  # the right root reads
+    too_deep = root / INSIDE[kind]
+    with pytest.raises(UserError) as err:
+        find_samples(kind, too_deep, split, "data.target.root")
+    assert str(err.value).endswith(f"; did you mean {root}? ({kind} layout found there)")
+    (tmp_path / "all").mkdir()  # the folder of every dataset, this one among others
+    (tmp_path / "all" / "datasets").symlink_to(root, target_is_directory=True)
+    (tmp_path / "all" / "notes").mkdir()
+    with pytest.raises(UserError) as err:
+        find_samples(kind, tmp_path / "all", split, "data.target.root")
+    assert err.value.hint == f"did you mean {tmp_path / 'all' / 'datasets'}? ({kind} layout found there)"
+    empty = tmp_path / "elsewhere"  # neither up nor down: the error as before, no guess
+    empty.mkdir()
+    with pytest.raises(UserError) as err:
+        find_samples(kind, empty, split, "data.target.root")
+    assert "did you mean" not in str(err.value)
+
+
+def test_data_check_names_the_cityscapes_root_one_level_up(every_layout):
+    from typer.testing import CliRunner
+
+    from diga.cli.app import app
+
+    cs = every_layout["cityscapes"]
+    result = CliRunner().invoke(app, ["data", "check", "demo", "data.target.kind=cityscapes",
+                                      f"data.target.root={cs / 'leftImg8bit'}",
+                                      "data.builtin.source_train=4"])
+    assert result.exit_code == 1
+    problem = [line for line in result.output.splitlines() if "leftImg8bit/leftImg8bit/val" in line]
+    assert problem == [f"  - cityscapes layout: folder {cs}/leftImg8bit/leftImg8bit/val not found "
+                       f"(data.target.root); did you mean {cs}? (cityscapes layout found there)"]

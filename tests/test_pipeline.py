@@ -157,8 +157,11 @@ def test_job_killed_in_every_stage_ends_as_an_uninterrupted_one(tmp_path, data):
 def assert_events_equal_metrics(run: Path, axis: int) -> None:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    acc = EventAccumulator(str(run), size_guidance={"scalars": 0})
+    acc = EventAccumulator(str(run), size_guidance={"scalars": 0, "images": 0, "tensors": 0})
     acc.Reload()
+    grids = [e.step - axis for e in acc.Images("visuals")]  # the visual grids, as written
+    assert grids == sorted(int(p.stem.split("_")[1]) for p in (run / "visuals").glob("*.png"))
+    assert acc.Tags()["tensors"] == ["config/text_summary"]  # the resolved config, once
     events = {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
     expected: dict[str, list[tuple[int, float]]] = {}
     for line in (run / "metrics.jsonl").read_text().splitlines():

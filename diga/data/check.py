@@ -20,16 +20,29 @@ class SplitReport:
     images: int = 0
     labelled: int = 0
     problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # worth knowing, not a problem
+
+
+# why a split without any label is fine, by (domain, role): a note, not a problem
+UNLABELLED_OK = {
+    ("target", "train"): "normal for domain adaptation (no stage trains on target labels)",
+    ("target", "val"): "training and export work; diga eval and the mIoU columns need labels",
+}
 
 
 def _splits(cfg: Config) -> list[tuple[str, str, str, str, object, bool]]:
     """(key, name, role, split name, domain config, labels required): the source train, target
-    train and target val splits, and the val split of every ``eval.targets`` entry."""
+    train and target val splits, and the val split of every ``eval.targets`` entry.
+
+    Labels are required where every command reading the split needs them: the source (the
+    supervised loss) and ``eval.targets`` (they exist to be scored). The target's are not:
+    adaptation never reads its train labels, and without val labels training and export run,
+    only scoring does not (``diga eval`` refuses that split itself, in one line)."""
     s, t = cfg.data.source, cfg.data.target
     out = [("data.source", "source", "train", s.train_split, s, True)]
     if t.kind != "none":  # none: domain generalisation, no target images
         out += [("data.target", "target", "train", t.train_split, t, False),
-                ("data.target", "target", "val", t.val_split, t, True)]
+                ("data.target", "target", "val", t.val_split, t, False)]
     for i, e in enumerate(cfg.eval.targets):
         if e.root is None and e.kind != "builtin":  # a preset's protocol row, not given yet
             continue
@@ -73,6 +86,11 @@ def check_datasets(cfg: Config, max_problems: int = 200,
         if not samples:
             report.problems.append(f"split '{split}' is empty under {dom.root}")
             continue
+        if not need_labels:
+            if not any(s.label is not None and s.label.exists() for s in samples):
+                report.notes.append(f"{name} {role} has no labels: {UNLABELLED_OK[name, role]}")
+            elif role == "val":  # some labelled: the others are missing (a val split scores
+                need_labels = True  # all its images or none)
         for i, sample in enumerate(samples):
             if progress is not None:
                 progress(report.name, i + 1, len(samples))
@@ -107,11 +125,14 @@ def check_datasets(cfg: Config, max_problems: int = 200,
 
 
 def format_reports(reports: list[SplitReport]) -> tuple[str, int]:
+    """The report's text (a line per split, then its problems and notes) and the count of
+    problems (notes are not)."""
     lines, total = [], 0
     for r in reports:
         lines.append(f"{r.name} at {r.root}: {r.images} images, {r.labelled} labelled, "
                      f"{len(r.problems)} problems")
         lines += [f"  - {p}" for p in r.problems]
+        lines += [f"  note: {n}" for n in r.notes]
         total += len(r.problems)
     return "\n".join(lines), total
 

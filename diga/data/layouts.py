@@ -17,6 +17,7 @@ GTA5 and SYNTHIA have no official split: every image is a training image, unless
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,8 +70,63 @@ def _require_dir(path: Path, kind: str, key: str) -> None:
 
 
 def find_samples(kind: str, root: Path, split: str, key: str) -> list[Sample]:
-    """Pairs of (image, label) in a real layout; ``label`` is None where none exists."""
+    """Pairs of (image, label) in a real layout; ``label`` is None where none exists.
+
+    Raises:
+        UserError: ``root`` does not hold the layout; where its parent or a child folder does
+            (a root given one level too deep or too shallow), the hint names that folder.
+    """
     root = Path(root)
+    try:
+        return _find_samples(kind, root, split, key)
+    except UserError as exc:
+        near = [] if holds_layout(kind, root, split) else nearby_roots(kind, root, split)
+        if not near:
+            raise
+        raise UserError(exc.message, f"did you mean {' or '.join(map(str, near))}? "
+                        f"({kind} layout found there)") from None
+
+
+def _any_image(folder: Path) -> bool:
+    return folder.is_dir() and any(p.suffix.lower() in IMAGE_SUFFIXES for p in folder.iterdir())
+
+
+def holds_layout(kind: str, root: Path, split: str) -> bool:
+    """Whether ``root`` holds ``kind``'s layout with an image of ``split`` in it. Cheap (stops at
+    the first image), so that the folders around a wrong root can be tried."""
+    try:
+        if kind in ("gta5", "synthia"):
+            return _any_image(root / ("images" if kind == "gta5" else "RGB"))
+        if kind == "cityscapes":
+            return next((root / "leftImg8bit" / split).glob(f"*/*{CITYSCAPES_IMAGE_SUFFIX}"),
+                        None) is not None
+        if kind == "bdd100k":
+            return _any_image(root / "images/10k" / split) or _any_image(root / "seg/images" / split)
+        if kind == "mapillary":
+            return _any_image(mapillary.locate(root, split, "root").images)
+        if kind == "folder":
+            return _any_image(root / "images" / split) or _any_image(root / "images")
+    except (UserError, OSError):
+        pass
+    return False
+
+
+def nearby_roots(kind: str, root: Path, split: str, most: int = 3) -> list[Path]:
+    """The folder one level up, else those one level down, that hold the layout ``root``
+    lacks: the usual slip is a root one level off (``cityscapes/leftImg8bit`` for
+    ``cityscapes``, or the folder of all datasets)."""
+    parent = root.parent if root.parent not in (Path("."), root) else (
+        Path(os.path.abspath(root)).parent)  # as the root was written, where that names one
+    if parent != root and holds_layout(kind, parent, split):
+        return [parent]
+    try:
+        children = sorted(p for p in root.iterdir() if p.is_dir())
+    except OSError:  # missing or unreadable: nothing below it
+        return []
+    return [c for c in children if holds_layout(kind, c, split)][:most]
+
+
+def _find_samples(kind: str, root: Path, split: str, key: str) -> list[Sample]:
     _require_dir(root, kind, key)
     if kind in ("gta5", "synthia"):
         img_dir = root / ("images" if kind == "gta5" else "RGB")

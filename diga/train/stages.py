@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import shutil
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +64,25 @@ def prepare_run_dir(path: Path, resume: bool, stage: str, fresh_ok: bool = False
         # status.json alone: the job's, written by the process that launched this one
         raise UserError(f"run directory {path} already exists and is not empty",
                         "pass --resume to continue it, or choose another --out")
+
+
+@contextlib.contextmanager
+def undo_failed_start(path: Path, enabled: bool = True) -> Iterator[None]:
+    """A command that fails on a user error before its first checkpoint leaves its run
+    folder as it found it, absent or empty: the corrected command then starts afresh instead of
+    being refused as "already exists". A folder with a checkpoint anywhere is never touched."""
+    existed = path.is_dir()
+    empty = not existed or not any(p.name != "status.json" for p in path.iterdir())
+    try:
+        yield
+    except UserError:  # a crash keeps its folder: status.json says why, --auto-resume goes on
+        if enabled and empty and path.is_dir() and not any(path.rglob("meta.json")):
+            if existed:
+                for child in path.iterdir():
+                    shutil.rmtree(child) if child.is_dir() else child.unlink()
+            else:
+                shutil.rmtree(path)
+        raise
 
 
 def run_config(run_dir: Path) -> Config:
