@@ -4,7 +4,7 @@ Each variant is a whole evidence table (``diga.benchmarks.evidence``) in ``OUT/<
 first variant's finished runs before self-training are shared with the others where their
 config is the same (``evidence --share``), so a variant of self-training keys trains only its
 self-training rounds. (variant, seed) pairs run as parallel single-threaded processes
-(``--jobs``, ``--threads``: the numbers are those of one thread, as the README's). Run:
+(``--jobs``, ``--threads``: the numbers are those of one thread, as docs/results.md's). Run:
 
     python -m diga.benchmarks.ablation selection-inputs [CONFIG] [key=value ...] \\
         --seeds 0 1 2 --jobs 2 --threads 1 --out runs/ablation-selection

@@ -24,7 +24,7 @@ variant that changes self-training keys only trains its self-training rounds). R
 
 ``--jobs 2 --threads 1`` runs two seeds at a time, one torch thread each: on a 2-core CPU the
 table takes about 1.5x less time, and the numbers are those of one thread (float kernels
-differ with the thread count; the README's table is measured so).
+differ with the thread count; docs/results.md's table is measured so).
 """
 
 from __future__ import annotations

@@ -40,7 +40,7 @@ Devices = Annotated[
     int | None,
     typer.Option("--devices", min=1, help="Run on N devices of this node: starts torchrun with N "
                  "processes (one per GPU; CPU processes with gloo where there is no GPU). For "
-                 "several nodes run torchrun yourself (README: Scale out).", show_default=False),
+                 "several nodes run torchrun yourself (docs: Training, Scale out).", show_default=False),
 ]
 
 

@@ -140,13 +140,17 @@ def _next(stage: str, args: list[str] | None, run_dir: Path, cfg: Config) -> Non
     """The exact command that comes next, with the user's CONFIG and overrides."""
     import shlex
 
-    given = shlex.join(args or [])
-    given = f" {given}" if given else ""
+    from diga.train.stages import default_run_dir
+
+    args = list(args or [])
+    if split_config_args(args)[0] is None and (run_dir / "config.yaml").is_file():
+        args.insert(0, str(run_dir / "config.yaml"))  # resumed without CONFIG: the run's own
+    given = f" {shlex.join(args)}" if args else ""
     if stage == "warmup" and cfg.data.target.kind != "none":
-        out = run_dir.parent / "selftrain"
+        out = default_run_dir("selftrain", run_dir.parent)  # a free folder beside it
         command = f"diga train selftrain{given} --init {run_dir} --out {out}"
     elif stage == "source":
-        command = f"diga train warmup{given} --out {run_dir.parent / 'warmup'}"
+        command = f"diga train warmup{given} --out {default_run_dir('warmup', run_dir.parent)}"
     else:
         command = f"diga export {run_dir} --int8"
     console.print(f"next: {command}", highlight=False, markup=False, soft_wrap=True)

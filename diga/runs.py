@@ -10,6 +10,7 @@ out-of-memory kill, a power cut) is reported crashed.
 from __future__ import annotations
 
 import json
+import math
 import os
 import socket
 import time
@@ -113,7 +114,10 @@ def _int(value: Any) -> int | None:
 
 
 def _number(value: Any) -> float | None:
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+    """A finite number, else None (an mIoU with no labels to score is NaN: shown as -)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if math.isfinite(value) else None
 
 
 def is_job(folder: Path) -> bool:

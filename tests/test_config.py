@@ -41,7 +41,7 @@ def test_paper_preset_has_method_defaults():
     assert load_config("synthia2cs-deeplabv2").num_classes == 16
 
 
-# fy-vision/DiGA's values (README: "The paper presets against the reference code"): steps of
+# fy-vision/DiGA's values (docs/reference-code.md): steps of
 # warm-up and of each of 2 rounds, images per step (warm-up, self-training), w_sym, and the
 # full + half Cityscapes resolution (1024x2048, 512x1024) of pseudo-labels and evaluation.
 REFERENCE = {

@@ -1,7 +1,7 @@
 """The typed configuration schema: one pydantic section per part of the tool (the deployment
 sections, export and bench, in ``diga.config.deploy``).
 
-Everything the method and the tools use is a field here, with METHOD.md's defaults; types and
+Everything the method and the tools use is a field here, with the method's defaults (docs/method.md); types and
 ranges are checked by pydantic before any work starts. Reading presets, files and overrides is
 ``diga.config.loading``.
 """
@@ -209,7 +209,7 @@ class MethodConfig(Section):
     teacher_dropout: bool = True
     """Whether the EMA teacher's dropout is on in a training step. On, as the reference (which never
     switches its teacher to eval): measured better on the demo preset (3 seeds, round 2 +1.2
-    mIoU over dropout off; README, the mean teacher). Off (DAFormer's and MIC's teacher):
+    mIoU over dropout off; docs/results.md, the mean teacher). Off (DAFormer's and MIC's teacher):
     targets and the argmax of the online centroid update without dropout noise."""
     teacher_bn: Literal["student", "eval"] = "student"
     """The EMA teacher's BatchNorm mode. "student": the student's mode (batch statistics while

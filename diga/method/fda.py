@@ -28,7 +28,7 @@ def fda(source: torch.Tensor, target: torch.Tensor, beta: float) -> torch.Tensor
     """Give ``source`` images the low-frequency amplitude spectrum of ``target`` images.
 
     Per image and channel, the amplitude of the 2-D FFT inside the band of
-    :func:`low_frequency_band` (band ratio ``beta``, METHOD.md's ``L``) is taken from the
+    :func:`low_frequency_band` (band ratio ``beta``, the method's ``L``) is taken from the
     paired target image; the source phase, and the amplitude outside the band, are kept.
 
     Args:

@@ -1,6 +1,6 @@
 """DeepLabV2: dilated ResNet (output stride 8) + the ASPP-style head with a 256-d feature.
 
-The head follows METHOD.md: parallel dilated 3x3 branches over the backbone's last map, fused
+The head follows the method (docs/method.md): parallel dilated 3x3 branches over the backbone's last map, fused
 into an ``F``-channel feature map (F = 256 for the ResNets) that feeds a 1x1 classifier.
 """
 

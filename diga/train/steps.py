@@ -1,4 +1,4 @@
-"""One training step per stage, each read top to bottom in METHOD.md's order.
+"""One training step per stage, each read top to bottom in the method's order (docs/method.md).
 
 ``source_step`` (the source-only baseline), ``warmup_step`` (stage 1) and ``selftrain_step``
 (stage 2) take the step's batch on the device and return the loss to backpropagate, the
