@@ -124,7 +124,6 @@ def run_pipeline(cfg: Config, out: Path, options: Options | None = None,
     import yaml
 
     from diga.config import check_data_paths
-    from diga.status import JobStatus
 
     options = options or Options()
     out = Path(out)
@@ -140,15 +139,26 @@ def run_pipeline(cfg: Config, out: Path, options: Options | None = None,
                         "choose another --out (an empty or new folder) for the job")
     check_data_paths(cfg, source=True, target=cfg.data.target.kind != "none")
     _check_needs(cfg, out, stages)
-    if not saved.is_file():  # after every check: a failed start leaves nothing behind
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(saved, cfg.to_yaml())
 
     from diga.train.stages import undo_failed_start
 
     result = PipelineResult(out)
-    with undo_failed_start(out), JobStatus(out, options.config_name, stage_table(cfg, out)) \
-            as status, _stop_on_signal():
+    # a start that fails on a user error before any checkpoint leaves no folder behind: the
+    # corrected command is then a new job, not "another config"
+    with undo_failed_start(out):
+        if not saved.is_file():
+            out.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(saved, cfg.to_yaml())
+        _run_stages(cfg, out, options, stages, result, say)
+    return result
+
+
+def _run_stages(cfg: Config, out: Path, options: Options, stages: list[str],
+                result: PipelineResult, say: Callable[[str], None]) -> None:
+    from diga.status import JobStatus
+
+    with JobStatus(out, options.config_name, stage_table(cfg, out)) as status, \
+            _stop_on_signal():
         for stage in stages:
             tic = time.perf_counter()
             try:
@@ -163,7 +173,6 @@ def run_pipeline(cfg: Config, out: Path, options: Options | None = None,
             if ran:
                 result.seconds[stage] = time.perf_counter() - tic
                 result.ran.append(stage)
-    return result
 
 
 def _check_needs(cfg: Config, out: Path, stages: list[str]) -> None:

@@ -3,8 +3,9 @@
 Every fenced ``bash`` block of README.md and docs/*.md runs in order in a scratch folder per
 page, later blocks seeing what earlier ones wrote. Only the dataset roots are faked: the
 documented ``/data/...`` roots point to the built-in benchmark written in those layouts
-(``diga data make-demo``), and commands that train get the scaled-down overrides of the paper
-path (``benchmarks/paper_path.py``: sizes, steps, a small network) appended. A block that
+(``diga data make-demo``), their sizes (``resize=HxW``) are scaled as the fakes are (1/16), and
+commands that train get the scaled-down overrides of the paper path
+(``benchmarks/paper_path.py``: sizes, steps, a small network) appended. A block that
 cannot run here carries ``<!-- docs-test: skip REASON -->`` on the line before it. After a page
 ran, every ``runs/<run>/...`` path the page names under a run its commands made must exist: a
 path the docs promise and the tools do not write fails the build.
@@ -37,6 +38,7 @@ TRAINS = (("run",), ("demo",), ("train", "source"), ("train", "warmup"), ("train
           ("train", "translator"), ("data", "check"), ("pseudo",))
 PATH = re.compile(r"(?<![\w/.-])(runs/[\w./-]*[\w/])")
 runner = CliRunner()
+RESIZE = re.compile(r"(resize)=(\d+)x(\d+)")  # --target ...,resize=HxW and data.*.resize=HxW
 
 
 def blocks(page: Path) -> list[str]:
@@ -70,8 +72,9 @@ def data(tmp_path_factory) -> Path:
 
 
 def scaled(argv: list[str], data: Path) -> list[str]:
-    """``argv`` with the fake roots, and the scaled-down keys where it trains."""
-    argv = [_roots(a, data) for a in argv]
+    """``argv`` with the fake roots, its sizes (``resize=HxW``) at the fakes' scale (1/16, as
+    the paper path's), and the scaled-down keys where it trains."""
+    argv = [RESIZE.sub(_sixteenth, _roots(a, data)) for a in argv]
     verb = tuple(argv[1:3]) if argv[1] in ("train", "data") else (argv[1],)
     if verb not in TRAINS:
         return argv
@@ -85,9 +88,16 @@ def scaled(argv: list[str], data: Path) -> list[str]:
     else:
         keys = [k for k in scaled_overrides(preset, data, 2, 1) if ".root=" not in k] + [
             "bench.time_budget_s=0.1", "bench.warmup=0", "bench.min_iters=1"]
+    # the TorchScript exporter: the page's paths and commands are the point here, and the
+    # dynamo exporter's 5 s an export is tested on every network by test_export
+    keys.append("export.exporter=torchscript")
     flags = [i for i, a in enumerate(argv) if a.startswith("-")]
     at = flags[0] if flags else len(argv)  # the keys before the first option
     return argv[:at] + keys + argv[at:]
+
+
+def _sixteenth(m: re.Match) -> str:
+    return f"{m[1]}={max(8, int(m[2]) // 16)}x{max(8, int(m[3]) // 16)}"
 
 
 def _roots(arg: str, data: Path) -> str:

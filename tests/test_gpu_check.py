@@ -90,12 +90,14 @@ def test_a_stage_out_of_memory_is_a_note_and_the_check_goes_on(monkeypatch):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("preset", ["gta2cs-hrnet48-ocr", "synthia2cs-segformer-b5"])
+@pytest.mark.parametrize("preset", ["synthia2cs-segformer-b5"])
 def test_gpu_check_smoke_of_the_other_networks(tmp_path, one_torch_thread, preset):
-    """The check's every measurement for the HRNet-OCR and SegFormer presets (their small
-    variants on the CPU; fp32, the other precisions are the DeepLabV2 smoke's code): step
+    """The check's every measurement for a preset of another network family (SegFormer's small
+    variant on the CPU; fp32, the other precisions are the DeepLabV2 smoke's code): step
     times, the warm-up's ratio to its bare passes, no host sync between log points, inference
-    throughput and the schedule's projection."""
+    throughput and the schedule's projection. (HRNet-OCR's smoke took 70 s of the suite's 15
+    minutes; the family goes through every stage in the paper-preset rehearsal, and
+    ``python -m diga.benchmarks.gpu --smoke --preset gta2cs-hrnet48-ocr`` runs it by hand.)"""
     gpu.main(["--smoke", "--preset", preset, "--precision", "fp32", "--out", str(tmp_path)])
     result = json.loads((tmp_path / "gpu_check.json").read_text())
     small = {"gta2cs-hrnet48-ocr": "hrnet18_ocr", "synthia2cs-segformer-b5": "segformer_mit_b0"}

@@ -58,10 +58,11 @@ def test_a_failed_job_start_can_be_corrected(tmp_path, tiny):
     """diga run refused on bad input before training: the corrected command is not refused
     as another config."""
     out = tmp_path / "job"
-    bad = run("run", "demo", *tiny, "data.source.kind=gta5", f"data.source.root={tmp_path}/no",
-              "--out", out, "--until", "warmup", "-q")
-    assert bad.exit_code == 1
-    assert not out.exists() or not any(out.iterdir())
+    bad = run("run", "demo", *tiny, "pipeline.baseline=false",
+              f"model.pretrained={tmp_path}/no.safetensors", "--out", out, "--until", "warmup",
+              "-q")  # refused inside the warm-up, after the job's config.yaml was written
+    assert bad.exit_code == 1 and "weights file not found" in bad.output
+    assert not out.exists()
     good = run("run", "demo", *tiny, "pipeline.baseline=false", "--out", out, "--until",
                "warmup", "-q")
     assert good.exit_code == 0, good.output
