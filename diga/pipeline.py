@@ -26,6 +26,7 @@ import shlex
 import shutil
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -218,6 +219,9 @@ def _stop_on_signal() -> Iterator[None]:
     def stop(signum: int, frame: object) -> None:
         raise _Interrupted(signal.Signals(signum).name)
 
+    if threading.current_thread() is not threading.main_thread():  # handlers: main thread only
+        yield
+        return
     previous = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         yield

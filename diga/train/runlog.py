@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import re
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -34,8 +33,9 @@ EVENTS = "events.out.tfevents."
 NOT_VALUES = ("classes", "data_classes", "mapped_from")
 
 
-class TensorBoardMissing(UserWarning):
-    """``train.tensorboard`` is on and the tensorboard package is not installed."""
+MISSING = ("no TensorBoard events: the tensorboard package is not installed (pip install "
+           "'diga[tensorboard]'; train.tensorboard=false turns this off)")
+_warned = False
 
 
 def scalars(record: dict[str, Any]) -> dict[str, float]:
@@ -131,10 +131,15 @@ class RunLog:
 def _writer(run_dir: Path, purge_step: int | None):
     try:
         from torch.utils.tensorboard import SummaryWriter
-    except ModuleNotFoundError:
-        warnings.warn("no TensorBoard events: the tensorboard package is not installed (pip "
-                      "install 'diga[tensorboard]'; train.tensorboard=false turns this off)",
-                      TensorBoardMissing, stacklevel=3)
+    except ModuleNotFoundError:  # one line, once per process, then training goes on
+        global _warned
+        if not _warned:
+            from rich.console import Console
+            from rich.markup import escape
+
+            Console(stderr=True).print(
+                "[yellow]warning:[/] " + escape(MISSING), highlight=False, soft_wrap=True)
+            _warned = True
         return None
     _after_existing_events(run_dir)
     return SummaryWriter(str(run_dir), purge_step=purge_step, flush_secs=30)
