@@ -237,16 +237,34 @@ def rerun_command() -> str:
 
 # ---------------------------------------------------------------- the stages
 
-def _train(cfg: Config, out: Path, options: Options, result: PipelineResult, status: Any,
-           say: Callable[[str], None], redo: bool = False, stage: str = "warmup") -> bool:
-    from diga.checkpoint import has_checkpoint
+def _train_once(name: str, run_dir: Path, steps: int, status: Any, result: PipelineResult,
+                say: Callable[[str], None], train: Callable[[], None]) -> bool:
+    """A training stage (or round) in ``run_dir``: skipped when its checkpoint reached
+    ``steps``, else ``train()`` (which resumes from a checkpoint itself); its target-val mIoU
+    recorded and said either way. Returns whether it trained."""
     from diga.train.stages import finished_metrics
 
-    run_dir, steps = out / stage, cfg.stage_steps(stage)
     metrics = finished_metrics(run_dir, steps)
     ran = metrics is None
     if ran:
-        status.begin(stage)
+        status.begin(name)
+        train()
+        metrics = finished_metrics(run_dir, steps) or {}
+        status.finish(name)
+    else:
+        status.skip(name)
+    result.miou[name] = metrics.get("target_val_miou")
+    say(f"[{name}] {_miou_text(metrics)}")
+    return ran
+
+
+def _train(cfg: Config, out: Path, options: Options, result: PipelineResult, status: Any,
+           say: Callable[[str], None], redo: bool = False, stage: str = "warmup") -> bool:
+    from diga.checkpoint import has_checkpoint
+
+    run_dir, steps = out / stage, cfg.stage_steps(stage)
+
+    def train() -> None:
         resume = has_checkpoint(run_dir)
         say(f"[{stage}] {'resuming' if resume else 'training'} {steps} steps -> {run_dir}")
         if options.devices and options.devices > 1:
@@ -256,27 +274,19 @@ def _train(cfg: Config, out: Path, options: Options, result: PipelineResult, sta
             from diga.train.loop import train_stage
 
             train_stage(cfg, stage, run_dir, resume=resume, show_progress=not options.quiet)
-        metrics = finished_metrics(run_dir, steps) or {}
-        status.finish(stage)
-    else:
-        status.skip(stage)
-    result.miou[stage] = metrics.get("target_val_miou")
-    say(f"[{stage}] {_miou_text(metrics)}")
-    return ran
+
+    return _train_once(stage, run_dir, steps, status, result, say, train)
 
 
 def _selftrain(cfg: Config, out: Path, options: Options, result: PipelineResult, status: Any,
                say: Callable[[str], None], redo: bool = False) -> bool:
-    from diga.train.stages import finished_metrics, run_selftrain
+    from diga.train.stages import run_selftrain
 
     steps, ran = cfg.stage_steps("selftrain"), False
     for r, round_dir in enumerate(round_dirs(cfg, out), 1):
-        name = f"selftrain round {r}"
-        metrics = finished_metrics(round_dir, steps)
-        if metrics is None:
-            ran = True
-            status.begin(name)
-            say(f"[{name}] {steps} steps -> {round_dir}")
+
+        def train(r: int = r, round_dir: Path = round_dir) -> None:
+            say(f"[selftrain round {r}] {steps} steps -> {round_dir}")
             if options.devices and options.devices > 1:
                 _launch(cfg, out, options, [
                     "train", "selftrain", str(out / "config.yaml"), "--init", str(out / "warmup"),
@@ -286,12 +296,8 @@ def _selftrain(cfg: Config, out: Path, options: Options, result: PipelineResult,
                 one.selftrain.rounds = r  # rounds before r are finished: skipped inside
                 run_selftrain(one, out / "warmup", out / "selftrain", resume=True,
                               show_progress=not options.quiet)
-            metrics = finished_metrics(round_dir, steps) or {}
-            status.finish(name)
-        else:
-            status.skip(name)
-        result.miou[name] = metrics.get("target_val_miou")
-        say(f"[{name}] {_miou_text(metrics)}")
+
+        ran |= _train_once(f"selftrain round {r}", round_dir, steps, status, result, say, train)
     return ran
 
 
